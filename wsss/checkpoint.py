@@ -1,0 +1,135 @@
+"""Self-contained checkpoints: weights plus everything needed to use them alone.
+
+``classifier.pt`` and ``deeplab.pt`` hold the state dict, the method, the backbone settings, the
+class names, the input normalisation, the whole run config and the code version, so export and
+serving never need the run directory or this repository's defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import wsss
+from wsss.config import BackboneConfig, RunConfig, from_dict, to_dict
+from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
+from wsss.io import atomic_save
+from wsss.models.backbones import build_backbone, locate_mobilenet_v2_imagenet
+from wsss.models.deeplab import DeepLabV2
+
+log = logging.getLogger("wsss")
+
+FORMAT_VERSION = 1
+KINDS = ("classifier", "deeplab")
+
+
+class CheckpointError(ValueError):
+    """A file that is not the checkpoint asked for; the message names it."""
+
+
+def code_version() -> str:
+    """The package version and, inside a git checkout, the commit."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(wsss.__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{wsss.__version__}+{sha}" if sha else wsss.__version__
+
+
+def resolve_pretrained(cfg: BackboneConfig) -> str | None:
+    """The checkpoint path a backbone config asks for ("auto", "none" or a path)."""
+    if cfg.pretrained == "none":
+        return None
+    if cfg.pretrained == "auto":
+        found = locate_mobilenet_v2_imagenet() if cfg.name == "mobilenetv2" else None
+        if found is None:
+            log.warning("no bundled ImageNet weights for %s: random initialisation", cfg.name)
+        return str(found) if found else None
+    return cfg.pretrained
+
+
+def make_backbone(cfg: BackboneConfig, load_pretrained: bool = True) -> nn.Module:
+    """A backbone from its config; ``load_pretrained=False`` when a checkpoint supplies weights."""
+    pretrained = resolve_pretrained(cfg) if load_pretrained else None
+    logger = logging.getLogger("wsss")
+    level = logger.level
+    if not load_pretrained:
+        logger.setLevel(logging.ERROR)  # weights come from the checkpoint: no init warning
+    try:
+        return build_backbone(
+            cfg.name, output_stride=cfg.output_stride, pretrained=pretrained, frozen_bn=cfg.frozen_bn
+        )
+    finally:
+        logger.setLevel(level)
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, kind: str, cfg: RunConfig, class_names: tuple[str, ...]
+) -> None:
+    """Writes a self-contained checkpoint atomically; ``kind`` is classifier or deeplab."""
+    stage = cfg.cls if kind == "classifier" else cfg.seg
+    atomic_save(
+        {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "method": cfg.method_name,
+            "backbone": asdict(stage.backbone),
+            "class_names": list(class_names),
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "config": to_dict(cfg),
+            "code_version": code_version(),
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+
+
+def read_checkpoint(path: str | Path, kind: str) -> dict:
+    """Loads and checks a checkpoint file; raises CheckpointError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict) or data.get("kind") not in KINDS:
+        raise CheckpointError(f"{path}: not a wsss checkpoint (classifier.pt or deeplab.pt)")
+    if data["kind"] != kind:
+        raise CheckpointError(f"{path}: is a {data['kind']} checkpoint, expected a {kind}")
+    return data
+
+
+def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
+    """(classification network in eval mode, checkpoint metadata) from ``classifier.pt``."""
+    from wsss.methods import get_method
+
+    data = read_checkpoint(path, "classifier")
+    method_cls = get_method(data["method"])
+    method_cfg = from_dict(method_cls.Config, data["config"].get("method") or {})
+    backbone = make_backbone(from_dict(BackboneConfig, data["backbone"]), load_pretrained=False)
+    model = method_cls(method_cfg).build_model(backbone, len(data["class_names"]) - 1)
+    model.load_state_dict(data.pop("state_dict"))
+    return model.eval(), data
+
+
+def load_deeplab(path: str | Path) -> tuple[nn.Module, dict]:
+    """(DeepLab network in eval mode, checkpoint metadata) from ``deeplab.pt``."""
+    data = read_checkpoint(path, "deeplab")
+    backbone = make_backbone(from_dict(BackboneConfig, data["backbone"]), load_pretrained=False)
+    rates = tuple(data["config"]["seg"]["aspp_rates"])
+    model = DeepLabV2(backbone, len(data["class_names"]), rates)
+    model.load_state_dict(data.pop("state_dict"))
+    return model.eval(), data

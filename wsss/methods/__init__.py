@@ -1,0 +1,30 @@
+"""The method registry: ``python train/run.py NAME`` looks the method up here.
+
+Adding a method touches one new module and the ``METHODS`` table below.
+"""
+
+from __future__ import annotations
+
+from wsss.methods.base import Method, StepInfo
+from wsss.methods.cam import CamBaseline
+
+METHODS: dict[str, type[Method]] = {
+    CamBaseline.name: CamBaseline,
+}
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown method {name!r}; choose one of: {', '.join(METHODS)}"
+        ) from None
+
+
+__all__ = ["METHODS", "Method", "StepInfo", "get_method", "UnknownMethodError"]

@@ -1,0 +1,45 @@
+"""Stage cam: multi-scale + flip CAMs of the training images -> ``cams/<id>.npz``.
+
+Each file holds ``keys`` (int [K], the image's classes 1..C from its image-level labels) and
+``cam`` (float16 [K, H, W], normalised per class at the image's resolution).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsss.cam import multiscale_cam, normalize_cams
+from wsss.checkpoint import load_classifier
+from wsss.data.loaders import image_to_tensor
+from wsss.io import atomic_save_npz
+from wsss.stages.context import Context, run_per_image
+
+OUTPUT = "cams"
+
+
+def load_cams(run_dir: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys int [K], normalised cams float32 [K, H, W]) of one image."""
+    with np.load(run_dir / OUTPUT / f"{image_id}.npz") as data:
+        return data["keys"], data["cam"].astype(np.float32)
+
+
+def run(ctx: Context) -> dict:
+    cfg = ctx.cfg.cam
+    model, _ = load_classifier(ctx.path("classifier.pt"))
+    model.to(ctx.device)
+    ids = ctx.union_ids(ctx.cfg.data.train_split, ctx.cfg.data.seed_split)
+
+    def work(image_id: str, folder: Path) -> None:
+        sample = ctx.source.load(image_id)
+        keys = np.flatnonzero(sample.labels) + 1
+        cams = multiscale_cam(model, image_to_tensor(sample.image).to(ctx.device), cfg.scales, cfg.flip)
+        cams = normalize_cams(cams[torch.as_tensor(keys - 1, device=cams.device)], cfg.normalize)
+        atomic_save_npz(
+            folder / f"{image_id}.npz", keys=keys, cam=cams.cpu().numpy().astype(np.float16)
+        )
+
+    run_per_image(ctx, OUTPUT, ids, work)
+    return {"images": len(ids)}

@@ -1,0 +1,180 @@
+"""Stage eval: score every stage against ground truth -> ``report.json`` and ``figures/``.
+
+Seeds and pseudo masks are scored on ``data.seed_split`` (VOC: train), DeepLab on
+``data.val_split`` (VOC: val), as the papers do. The best swept background threshold uses the
+ground truth to choose it, so the report labels it GT-assisted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsss import distributed
+from wsss.cam import cams_to_labels, sweep_labels
+from wsss.checkpoint import load_deeplab
+from wsss.config import crf_params
+from wsss.data.loaders import image_to_tensor
+from wsss.io import atomic_write_json, load_label_png
+from wsss.metrics import SegmentationMeter
+from wsss.models.deeplab import predict_probs
+from wsss.refine.crf import dense_crf
+from wsss.refine.pseudo import pseudo_mask
+from wsss.stages.cams import load_cams
+from wsss.stages.context import Context
+from wsss.stages.segment import OUTPUT as DEEPLAB, UPPER_BOUND
+from wsss.visualize import colorize_mask, heatmap, montage, overlay
+
+OUTPUT = "report.json"
+log = logging.getLogger("wsss")
+
+
+def _scored_ids(ctx: Context, split: str) -> list[str]:
+    return ctx.ids(split) if ctx.source.has_masks(split) else []
+
+
+def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
+    """Seed mIoU (fixed and swept threshold) and pseudo-mask mIoU (threshold, CRF, written)."""
+    names = ctx.class_names
+    ids = _scored_ids(ctx, ctx.cfg.data.seed_split)
+    if not ids:
+        log.warning("no ground truth for split %r: seeds not scored", ctx.cfg.data.seed_split)
+        return {}
+    cam_cfg, p = ctx.cfg.cam, ctx.cfg.pseudo
+    thresholds = np.round(np.arange(*cam_cfg.sweep), 4)
+    fixed, thresh, crf, written = (SegmentationMeter(names) for _ in range(4))
+    sweep = [SegmentationMeter(names) for _ in thresholds]
+    crf_preset = crf_params(p.crf_preset)
+    ignored = total = 0
+    for image_id in tqdm(ids, desc="eval seeds", dynamic_ncols=True):
+        sample = ctx.source.load(image_id)
+        keys, cams = load_cams(ctx.out, image_id)
+        fixed.update(sample.mask, cams_to_labels(cams, keys, cam_cfg.bg_threshold))
+        for meter, (_, labels) in zip(sweep, sweep_labels(cams, keys, thresholds), strict=True):
+            meter.update(sample.mask, labels)
+        common = dict(bg_threshold=cam_cfg.bg_threshold, crf_gt_prob=p.crf_gt_prob)
+        thresh.update(sample.mask, pseudo_mask(sample.image, cams, keys, **common))
+        crf.update(sample.mask, pseudo_mask(sample.image, cams, keys, crf=crf_preset, **common))
+        mask = load_label_png(ctx.path("pseudo") / f"{image_id}.png")
+        written.update(sample.mask, mask)
+        ignored += int((mask == 255).sum())
+        total += mask.size
+    best = int(np.argmax([m.miou() for m in sweep]))
+    return {
+        "seed_miou": fixed.summary()["miou"],
+        "seed_bg_threshold": cam_cfg.bg_threshold,
+        "seed_miou_best_gt_assisted": sweep[best].summary()["miou"],
+        "seed_best_bg_threshold_gt_assisted": float(thresholds[best]),
+        "seed_miou_curve": {f"{t:.2f}": m.summary()["miou"] for t, m in zip(thresholds, sweep)},
+        "pseudo_miou": written.summary()["miou"],
+        "pseudo_mode": p.mode + (" + ignore" if p.ignore_uncertain else ""),
+        "pseudo_ignored_fraction": round(ignored / max(total, 1), 4),
+        "pseudo_miou_threshold": thresh.summary()["miou"],
+        "pseudo_miou_crf": crf.summary()["miou"],
+        "per_class_iou": {
+            "seed": fixed.summary()["per_class"],
+            "pseudo": written.summary()["per_class"],
+        },
+        "seed_images": len(ids),
+    }
+
+
+def evaluate_deeplab(ctx: Context, checkpoint: str) -> dict:
+    """mIoU of a DeepLab checkpoint on the val split, without and with CRF post-processing."""
+    ids = _scored_ids(ctx, ctx.cfg.data.val_split)
+    if not ids or not ctx.path(checkpoint).exists():
+        return {}
+    model, _ = load_deeplab(ctx.path(checkpoint))
+    model.to(ctx.device)
+    s = ctx.cfg.seg
+    crf = crf_params(s.crf_preset)
+    plain, refined = SegmentationMeter(ctx.class_names), SegmentationMeter(ctx.class_names)
+    for image_id in tqdm(ids, desc=f"eval {checkpoint}", dynamic_ncols=True):
+        sample = ctx.source.load(image_id)
+        x = image_to_tensor(sample.image).to(ctx.device)
+        probs = predict_probs(model, x, s.test_scales, s.test_flip).cpu().numpy()
+        plain.update(sample.mask, probs.argmax(0))
+        refined.update(sample.mask, dense_crf(sample.image, probs, crf).argmax(0))
+    return {"miou": plain.summary(), "crf_miou": refined.summary(), "images": len(ids)}
+
+
+def write_figures(ctx: Context) -> list[str]:
+    """CAM overlays and masks of a few seed-split images, and DeepLab outputs on val images."""
+    folder = ctx.path("figures")
+    folder.mkdir(exist_ok=True)
+    written = []
+    n = ctx.cfg.eval.n_figures
+    rows = []
+    for image_id in ctx.ids(ctx.cfg.data.seed_split)[:n]:
+        sample = ctx.source.load(image_id)
+        keys, cams = load_cams(ctx.out, image_id)
+        top = cams.max(0) if len(keys) else np.zeros(sample.image.shape[:2], np.float32)
+        gt = sample.mask if sample.mask is not None else np.zeros_like(top, dtype=np.uint8)
+        pseudo = load_label_png(ctx.path("pseudo") / f"{image_id}.png")
+        rows.append([
+            sample.image,
+            overlay(sample.image, colorize_mask(gt)),
+            overlay(sample.image, heatmap(top)),
+            overlay(sample.image, colorize_mask(cams_to_labels(cams, keys, ctx.cfg.cam.bg_threshold))),
+            overlay(sample.image, colorize_mask(pseudo)),
+        ])  # fmt: skip
+    if rows:
+        titles = ["image", "ground truth", "CAM (max)", "seed", "pseudo mask"]
+        montage(rows, titles).save(folder / "cams.png")
+        written.append("figures/cams.png")
+    if ctx.path(DEEPLAB).exists():
+        model, _ = load_deeplab(ctx.path(DEEPLAB))
+        crf = crf_params(ctx.cfg.seg.crf_preset)
+        rows = []
+        for image_id in ctx.ids(ctx.cfg.data.val_split)[:n]:
+            sample = ctx.source.load(image_id)
+            probs = predict_probs(model, image_to_tensor(sample.image)).numpy()
+            gt = sample.mask if sample.mask is not None else probs.argmax(0).astype(np.uint8) * 0
+            rows.append([
+                sample.image,
+                overlay(sample.image, colorize_mask(gt)),
+                overlay(sample.image, colorize_mask(probs.argmax(0))),
+                overlay(sample.image, colorize_mask(dense_crf(sample.image, probs, crf).argmax(0))),
+            ])  # fmt: skip
+        if rows:
+            montage(rows, ["image", "ground truth", "DeepLab", "DeepLab + CRF"]).save(
+                folder / "segmentation.png"
+            )
+            written.append("figures/segmentation.png")
+    return written
+
+
+def run(ctx: Context) -> dict:
+    if not distributed.is_main():
+        return {}
+    torch.set_grad_enabled(False)
+    report: dict = {
+        "method": ctx.method.name,
+        "dataset": ctx.cfg.data.name,
+        "preset": ctx.cfg.preset,
+        "supervision": "I+S" if ctx.method.uses_saliency else "I",
+        "class_names": list(ctx.class_names),
+    }
+    report.update(evaluate_seeds_and_pseudo(ctx))
+    seg = evaluate_deeplab(ctx, DEEPLAB)
+    if seg:
+        report["seg_miou"] = seg["miou"]["miou"]
+        report["seg_crf_miou"] = seg["crf_miou"]["miou"]
+        report.setdefault("per_class_iou", {})["seg"] = seg["miou"]["per_class"]
+        report["per_class_iou"]["seg_crf"] = seg["crf_miou"]["per_class"]
+        report["val_images"] = seg["images"]
+    upper = evaluate_deeplab(ctx, UPPER_BOUND)
+    if upper:
+        report["upper_bound_miou"] = upper["miou"]["miou"]
+        report["upper_bound_crf_miou"] = upper["crf_miou"]["miou"]
+        report.setdefault("per_class_iou", {})["upper_bound"] = upper["miou"]["per_class"]
+    timings = ctx.path("timings.json")
+    report["stage_seconds"] = json.loads(timings.read_text()) if timings.exists() else {}
+    report["figures"] = write_figures(ctx)
+    atomic_write_json(report, ctx.path(OUTPUT))
+    torch.set_grad_enabled(True)
+    return {k: report[k] for k in ("seed_miou", "pseudo_miou", "seg_miou") if k in report}

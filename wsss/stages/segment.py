@@ -1,0 +1,66 @@
+"""Stages seg and upper: DeepLab v2 on pseudo masks -> ``deeplab.pt``; on true masks (the fully
+supervised upper bound, when the training split has ground truth) -> ``upper_bound.pt``."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from wsss import distributed
+from wsss.checkpoint import make_backbone, save_checkpoint
+from wsss.constants import IGNORE_INDEX
+from wsss.data.loaders import SegmentationDataset
+from wsss.models.deeplab import DeepLabV2
+from wsss.stages.context import Context
+from wsss.trainer import train
+
+OUTPUT = "deeplab.pt"
+UPPER_BOUND = "upper_bound.pt"
+
+
+def segmentation_loss(net, batch: dict, info) -> dict:
+    """Cross-entropy of logits upsampled to the crop; masks int64 [B, H, W], 255 ignored."""
+    logits = net(batch["image"])
+    logits = F.interpolate(logits, batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
+    return {"ce": F.cross_entropy(logits, batch["mask"], ignore_index=IGNORE_INDEX)}
+
+
+def _train(ctx: Context, output: str, pseudo: bool) -> dict:
+    cfg = ctx.cfg.seg
+    model = DeepLabV2(make_backbone(cfg.backbone), len(ctx.class_names), cfg.aspp_rates)
+    dataset = SegmentationDataset(
+        ctx.source,
+        ctx.ids(ctx.cfg.data.train_split),
+        crop=cfg.crop,
+        scale_range=cfg.scale_range,
+        mask_dir=ctx.path("pseudo") if pseudo else None,
+    )
+    state = ctx.path(f".{output}.state.pt")
+    losses = train(
+        model,
+        dataset,
+        segmentation_loss,
+        cfg.optim,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        device=ctx.device,
+        state_path=state,
+        seed=cfg.seed,
+        workers=ctx.cfg.data.workers,
+        desc="deeplab" if pseudo else "upper bound",
+    )
+    if distributed.is_main():
+        save_checkpoint(ctx.path(output), model.cpu(), "deeplab", ctx.cfg, ctx.class_names)
+        state.unlink(missing_ok=True)
+    return {"final_losses": losses, "images": len(dataset)}
+
+
+def run(ctx: Context) -> dict:
+    return _train(ctx, OUTPUT, pseudo=True)
+
+
+def upper_bound_wanted(ctx: Context) -> bool:
+    return ctx.cfg.seg.upper_bound and ctx.source.has_masks(ctx.cfg.data.train_split)
+
+
+def run_upper_bound(ctx: Context) -> dict:
+    return _train(ctx, UPPER_BOUND, pseudo=False)
