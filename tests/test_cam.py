@@ -20,7 +20,9 @@ def test_normalize_max_and_minmax():
     out = normalize_cams(cams, "minmax", eps=0)
     assert torch.allclose(out[1], (cams[1] - 1) / 4)
     assert out.min() == 0 and out.amax(dim=(1, 2)).tolist() == [1.0, 1.0]
-    np.testing.assert_allclose(normalize_cams(cams.numpy(), "max", eps=0), (cams / cams.amax((1, 2), keepdim=True)).numpy())
+    np.testing.assert_allclose(
+        normalize_cams(cams.numpy(), "max", eps=0), (cams / cams.amax((1, 2), keepdim=True)).numpy()
+    )
     with pytest.raises(ValueError):
         normalize_cams(cams, "softmax")
 
@@ -30,7 +32,9 @@ def test_multiscale_fusion_sums_scales_and_flips():
     image = torch.rand(3, 8, 12) * 255
     model = FixedCam()
     single = multiscale_cam(model, image, scales=(1.0,), flip=False)
-    expected = F.interpolate(model.cam(image[None]), (8, 12), mode="bilinear", align_corners=False)[0]
+    expected = F.interpolate(model.cam(image[None]), (8, 12), mode="bilinear", align_corners=False)[
+        0
+    ]
     assert single.shape == (2, 8, 12)
     torch.testing.assert_close(single, expected)
     flipped = multiscale_cam(model, image, scales=(1.0,), flip=True)

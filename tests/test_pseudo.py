@@ -22,7 +22,9 @@ def test_threshold_pseudo_mask():
 
 def test_ignore_band_between_confidences():
     image, cam, keys = _scene()
-    mask = pseudo_mask(image, cam, keys, bg_threshold=0.5, ignore_uncertain=True, conf_fg=0.8, conf_bg=0.1)
+    mask = pseudo_mask(
+        image, cam, keys, bg_threshold=0.5, ignore_uncertain=True, conf_fg=0.8, conf_bg=0.1
+    )
     assert mask[16, 16] == 4 and mask[0, 0] == 0
     band = (cam[0] > 0.1) & (cam[0] <= 0.8)
     assert (mask[band] == 255).all()

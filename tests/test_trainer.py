@@ -30,7 +30,9 @@ def test_param_groups_and_momentum():
     model = Tiny()
     opt = build_optimizer(model, OptimConfig(lr=0.1, head_lr_mult=10, weight_decay=5e-4))
     assert [g["lr"] for g in opt.param_groups] == [0.1, pytest.approx(1.0)]
-    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {
+        id(p) for p in model.head.parameters()
+    }
     assert opt.defaults["momentum"] == 0.9
     legacy = build_optimizer(model, OptimConfig(weight_decay=5e-4, legacy_psa_momentum=True))
     assert legacy.defaults["momentum"] == 5e-4  # PSA's PolyOptimizer slip

@@ -62,13 +62,18 @@ def resolve_pretrained(cfg: BackboneConfig) -> str | None:
 def make_backbone(cfg: BackboneConfig, load_pretrained: bool = True) -> nn.Module:
     """A backbone from its config; ``load_pretrained=False`` when a checkpoint supplies weights."""
     pretrained = resolve_pretrained(cfg) if load_pretrained else None
+    frozen_bn = cfg.frozen_bn
+    if load_pretrained and pretrained is None and frozen_bn:
+        # Frozen statistics of a randomly initialised network are the identity: train BN instead.
+        log.warning("backbone %s: no pretrained weights, so BatchNorm is trained", cfg.name)
+        frozen_bn = False
     logger = logging.getLogger("wsss")
     level = logger.level
     if not load_pretrained:
         logger.setLevel(logging.ERROR)  # weights come from the checkpoint: no init warning
     try:
         return build_backbone(
-            cfg.name, output_stride=cfg.output_stride, pretrained=pretrained, frozen_bn=cfg.frozen_bn
+            cfg.name, output_stride=cfg.output_stride, pretrained=pretrained, frozen_bn=frozen_bn
         )
     finally:
         logger.setLevel(level)
@@ -104,7 +109,9 @@ def read_checkpoint(path: str | Path, kind: str) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({exc.__class__.__name__})") from None
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint ({exc.__class__.__name__})"
+        ) from None
     if not isinstance(data, dict) or data.get("kind") not in KINDS:
         raise CheckpointError(f"{path}: not a wsss checkpoint (classifier.pt or deeplab.pt)")
     if data["kind"] != kind:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -83,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsss import distributed
     from wsss.checkpoint import CheckpointError
     from wsss.data.base import DatasetError
+    from wsss.logs import setup_logging
     from wsss.methods import UnknownMethodError
     from wsss.pipeline import STAGE_NAMES, run_pipeline
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ["WSSS_NO_PROGRESS"] = "1"
     distributed.init()
-    _setup_logging(out)
+    setup_logging(out)
     try:
         report = run_pipeline(cfg, out, stages, force=args.force)
     except (DatasetError, CheckpointError, ConfigError) as exc:
@@ -113,21 +113,3 @@ def main(argv: list[str] | None = None) -> int:
         summary = ", ".join(f"{k} {report[k]}" for k in keys if k in report)
         print(f"{out / 'report.json'}: {summary}")
     return 0
-
-
-def _setup_logging(out: Path) -> None:
-    from wsss import distributed
-
-    out.mkdir(parents=True, exist_ok=True)
-    level = logging.INFO if distributed.is_main() else logging.WARNING
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    logger = logging.getLogger("wsss")
-    logger.setLevel(level)
-    logger.handlers.clear()
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
-    logger.addHandler(console)
-    if distributed.is_main():
-        file = logging.FileHandler(out / "run.log")
-        file.setFormatter(fmt)
-        logger.addHandler(file)

@@ -155,7 +155,6 @@ def _smoke(cfg: RunConfig) -> None:
     d.synthetic_size, d.synthetic_train, d.synthetic_val = 64, 24, 8
     d.max_images = d.max_images or 24
     for stage in (cfg.cls, cfg.seg):
-        stage.backbone.pretrained = "none"
         stage.backbone.output_stride = 16
         stage.epochs, stage.batch_size, stage.crop = 1, 8, 64
     cfg.cls.resize_long = (56, 72)
@@ -241,9 +240,7 @@ def set_value(cfg: Any, key: str, value: str) -> None:
         names = {f.name for f in dataclasses.fields(node)}
         if part not in names:
             where = ".".join(parts[:i]) or "the config"
-            raise ConfigError(
-                f"unknown config key {key!r}: {where} has {', '.join(sorted(names))}"
-            )
+            raise ConfigError(f"unknown config key {key!r}: {where} has {', '.join(sorted(names))}")
         if i == len(parts) - 1:
             setattr(node, part, _convert(value, hints[part], key))
         else:
@@ -264,7 +261,7 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(cls: type, data: dict) -> Any:
-    """Rebuilds a dataclass tree from ``to_dict`` output (tuples restored, unknown keys kept out)."""
+    """Rebuilds a dataclass tree from ``to_dict`` output (tuples restored, unknown keys dropped)."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):

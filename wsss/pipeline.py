@@ -89,7 +89,9 @@ def run_pipeline(
             continue
         distributed.barrier()
         if (out / stage.output).exists() and not rerun:
-            log.info("stage %-6s skipped: %s exists (use --force to redo)", stage.name, stage.output)
+            log.info(
+                "stage %-6s skipped: %s exists (use --force to redo)", stage.name, stage.output
+            )
             continue
         rerun = True
         log.info("stage %-6s %s", stage.name, stage.help)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +15,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm import tqdm
 
 from wsss import distributed
 from wsss.config import OptimConfig
 from wsss.io import atomic_save
+from wsss.logs import progress
 from wsss.methods.base import StepInfo
 
 log = logging.getLogger("wsss")
@@ -110,13 +109,7 @@ def train(
             sampler.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(
-            loader,
-            desc=f"{desc} {epoch + 1}/{epochs}",
-            disable=not distributed.is_main() or os.environ.get("WSSS_NO_PROGRESS") == "1",
-            leave=False,
-            dynamic_ncols=True,
-        )
+        bar = progress(loader, f"{desc} {epoch + 1}/{epochs}", leave=False)
         for i, batch in enumerate(bar):
             step = epoch * steps_per_epoch + i
             for g in optimizer.param_groups:
@@ -131,7 +124,7 @@ def train(
             optimizer.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         means = {k: v / steps_per_epoch for k, v in sums.items()}
         log.info(
             "%s epoch %d/%d: %s",
@@ -142,7 +135,11 @@ def train(
         )
         if distributed.is_main():
             atomic_save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                },
                 state_path,
             )
         distributed.barrier()

@@ -44,7 +44,9 @@ def montage(rows: list[list[np.ndarray]], titles: list[str], tile: int = 160) ->
         for row in rows
     ]
     widths = [max(r[c].shape[1] for r in resized) for c in range(len(titles))]
-    canvas = Image.new("RGB", (sum(widths) + 4 * len(widths), header + len(rows) * (tile + 4)), "white")
+    canvas = Image.new(
+        "RGB", (sum(widths) + 4 * len(widths), header + len(rows) * (tile + 4)), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     x = 0
     for c, title in enumerate(titles):

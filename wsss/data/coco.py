@@ -80,7 +80,9 @@ def rle_counts_from_string(text: str | bytes) -> list[int]:
                 raise DatasetError("compressed RLE string ends inside a number")
             c = data[p] - 48
             if not 0 <= c < 64:
-                raise DatasetError(f"compressed RLE string has an invalid character {chr(data[p])!r}")
+                raise DatasetError(
+                    f"compressed RLE string has an invalid character {chr(data[p])!r}"
+                )
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
             p += 1
@@ -153,7 +155,9 @@ def category_mapping(categories: Sequence[dict]) -> dict[int, int]:
     return {cat_id: index for index, cat_id in enumerate(ids, start=1)}
 
 
-def semantic_mask(anns: Sequence[dict], height: int, width: int, cat_map: dict[int, int]) -> np.ndarray:
+def semantic_mask(
+    anns: Sequence[dict], height: int, width: int, cat_map: dict[int, int]
+) -> np.ndarray:
     """Instances of one image -> uint8 [height, width] semantic mask.
 
     Non-crowd instances are painted largest first, so a small object lying on a large one
@@ -310,7 +314,9 @@ class COCOSource:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wsss.data.coco", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m wsss.data.coco", description=__doc__.split("\n")[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="COCO instances JSON -> semantic mask PNGs")
     convert.add_argument("annotations", help="instances_train2014.json or instances_val2014.json")
@@ -318,7 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     convert.add_argument("--images-dir", help="only convert images present in this folder")
     args = parser.parse_args(argv)
     try:
-        n = convert_instances_to_masks(args.annotations, args.out_dir, args.images_dir, progress=True)
+        n = convert_instances_to_masks(
+            args.annotations, args.out_dir, args.images_dir, progress=True
+        )
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -51,8 +51,8 @@ from PIL import ImageOps
 from wsss.constants import BACKGROUND
 from wsss.data.base import DatasetError, Sample
 from wsss.data.voc import (
-    open_image,
     check_same_size,
+    open_image,
     read_class_names,
     read_grey,
     read_index_png,
@@ -80,7 +80,9 @@ def _find_images(directory: Path) -> dict[str, Path]:
     for path in sorted(directory.iterdir()):
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
             if path.stem in found:
-                raise DatasetError(f"two images share the id {path.stem!r}: {found[path.stem]}, {path}")
+                raise DatasetError(
+                    f"two images share the id {path.stem!r}: {found[path.stem]}, {path}"
+                )
             found[path.stem] = path
     return found
 
@@ -105,7 +107,9 @@ def _read_csv(path: Path) -> list[_Entry]:
             continue
         where = f"{path.name}:{number}"
         if len(row) > len(header):
-            raise DatasetError(f"{where}: {len(row)} cells, header has {len(header)} (quote labels)")
+            raise DatasetError(
+                f"{where}: {len(row)} cells, header has {len(header)} (quote labels)"
+            )
         row = row + [""] * (len(header) - len(row))
         image = row[col_image].strip()
         if not image:
@@ -199,7 +203,9 @@ def _multi_hot(entry: _Entry, class_names: tuple[str, ...]) -> np.ndarray:
             raise DatasetError(f"{entry.where}: 'background' is not an image-level label")
         if isinstance(token, int):
             if token > n_classes:
-                raise DatasetError(f"{entry.where}: class index {token} out of range 1..{n_classes}")
+                raise DatasetError(
+                    f"{entry.where}: class index {token} out of range 1..{n_classes}"
+                )
             labels[token - 1] = 1.0
         elif token in index_of:
             labels[index_of[token] - 1] = 1.0
@@ -260,7 +266,9 @@ class FolderSource:
             name = Path(entry.key).stem
             path = images.get(name)
             if path is None or (Path(entry.key).suffix and path.name != Path(entry.key).name):
-                raise DatasetError(f"{entry.where}: image file not found: {self.image_dir / entry.key}")
+                raise DatasetError(
+                    f"{entry.where}: image file not found: {self.image_dir / entry.key}"
+                )
             if name in self._labels:
                 raise DatasetError(f"{entry.where}: image {entry.key!r} is listed twice")
             self._paths[name] = path
@@ -308,5 +316,6 @@ class FolderSource:
 def _check_mask_range(mask: np.ndarray, n_classes: int, path: Path) -> None:
     bad = (mask > n_classes) & (mask != 255)
     if bad.any():
-        raise DatasetError(f"{path}: class index {int(mask[bad].max())} out of range 0..{n_classes}")
-
+        raise DatasetError(
+            f"{path}: class index {int(mask[bad].max())} out of range 0..{n_classes}"
+        )

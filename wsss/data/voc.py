@@ -248,9 +248,7 @@ class VOCSource:
         if not (self.root / IMAGE_DIR).is_dir():
             raise DatasetError(f"not a VOC folder: {self.root / IMAGE_DIR} is missing")
         self.class_names = self._class_names(class_names)
-        self.mask_dir = next(
-            (self.root / d for d in MASK_DIRS if (self.root / d).is_dir()), None
-        )
+        self.mask_dir = next((self.root / d for d in MASK_DIRS if (self.root / d).is_dir()), None)
         self.split_dir = self.root / SPLIT_DIR
         self.saliency_dir = self.root / SALIENCY_DIR
         self._cls_labels: dict[str, np.ndarray] | None = None
@@ -329,7 +327,9 @@ class VOCSource:
         if mask is not None and mask_path is not None:
             return labels_from_mask(mask, self.n_classes, mask_path)
         if table is not None:
-            raise DatasetError(f"{self._cls_path}: no labels for {name!r} and no mask to derive them")
+            raise DatasetError(
+                f"{self._cls_path}: no labels for {name!r} and no mask to derive them"
+            )
         raise DatasetError(
             f"no image-level labels for {name!r}: no cls_labels file at {self.root} "
             f"and no mask {mask_path or self.root / MASK_DIRS[-1] / (name + '.png')}"

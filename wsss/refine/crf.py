@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Mean-field dense CRF settings: a Gaussian (smoothness) and a bilateral (appearance) kernel."""
+    """Dense CRF settings: a Gaussian (smoothness) and a bilateral (appearance) kernel."""
 
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
@@ -34,7 +34,7 @@ CRF_PRESETS: dict[str, CRFParams] = {
 
 
 def _crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
-    """Runs mean-field inference; image uint8 [H, W, 3], unary float32 [K, H*W] -> probs [K, H, W]."""
+    """Mean-field inference; image uint8 [H, W, 3], unary float32 [K, H*W] -> probs [K, H, W]."""
     import pydensecrf.densecrf as dcrf
 
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

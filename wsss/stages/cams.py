@@ -35,7 +35,9 @@ def run(ctx: Context) -> dict:
     def work(image_id: str, folder: Path) -> None:
         sample = ctx.source.load(image_id)
         keys = np.flatnonzero(sample.labels) + 1
-        cams = multiscale_cam(model, image_to_tensor(sample.image).to(ctx.device), cfg.scales, cfg.flip)
+        cams = multiscale_cam(
+            model, image_to_tensor(sample.image).to(ctx.device), cfg.scales, cfg.flip
+        )
         cams = normalize_cams(cams[torch.as_tensor(keys - 1, device=cams.device)], cfg.normalize)
         atomic_save_npz(
             folder / f"{image_id}.npz", keys=keys, cam=cams.cpu().numpy().astype(np.float16)

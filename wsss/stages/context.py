@@ -13,6 +13,7 @@ import torch
 from wsss import distributed
 from wsss.config import RunConfig
 from wsss.data.base import ImageSource
+from wsss.logs import progress
 from wsss.methods.base import Method
 
 log = logging.getLogger("wsss")
@@ -56,8 +57,6 @@ def run_per_image(ctx: Context, name: str, ids: list[str], work) -> None:
     resumes where it stopped; ranks under torchrun split the ids. ``work`` returns nothing and
     writes ``partial_dir / f"{image_id}.<ext>"`` atomically; ``done(...)`` is checked by name.
     """
-    from tqdm import tqdm
-
     final = ctx.path(name)
     partial = ctx.path(name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
@@ -65,7 +64,7 @@ def run_per_image(ctx: Context, name: str, ids: list[str], work) -> None:
     todo = [i for i in distributed.shard(ids) if i not in existing]
     if existing:
         log.info("%s: resuming, %d of %d images already done", name, len(existing), len(ids))
-    for image_id in tqdm(todo, desc=name, disable=not distributed.is_main(), dynamic_ncols=True):
+    for image_id in progress(todo, name):
         work(image_id, partial)
     distributed.barrier()
     if distributed.is_main():

@@ -12,7 +12,6 @@ import logging
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsss import distributed
 from wsss.cam import cams_to_labels, sweep_labels
@@ -20,13 +19,15 @@ from wsss.checkpoint import load_deeplab
 from wsss.config import crf_params
 from wsss.data.loaders import image_to_tensor
 from wsss.io import atomic_write_json, load_label_png
+from wsss.logs import progress
 from wsss.metrics import SegmentationMeter
 from wsss.models.deeplab import predict_probs
 from wsss.refine.crf import dense_crf
 from wsss.refine.pseudo import pseudo_mask
 from wsss.stages.cams import load_cams
 from wsss.stages.context import Context
-from wsss.stages.segment import OUTPUT as DEEPLAB, UPPER_BOUND
+from wsss.stages.segment import OUTPUT as DEEPLAB
+from wsss.stages.segment import UPPER_BOUND
 from wsss.visualize import colorize_mask, heatmap, montage, overlay
 
 OUTPUT = "report.json"
@@ -50,7 +51,7 @@ def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
     sweep = [SegmentationMeter(names) for _ in thresholds]
     crf_preset = crf_params(p.crf_preset)
     ignored = total = 0
-    for image_id in tqdm(ids, desc="eval seeds", dynamic_ncols=True):
+    for image_id in progress(ids, "eval seeds"):
         sample = ctx.source.load(image_id)
         keys, cams = load_cams(ctx.out, image_id)
         fixed.update(sample.mask, cams_to_labels(cams, keys, cam_cfg.bg_threshold))
@@ -69,7 +70,9 @@ def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
         "seed_bg_threshold": cam_cfg.bg_threshold,
         "seed_miou_best_gt_assisted": sweep[best].summary()["miou"],
         "seed_best_bg_threshold_gt_assisted": float(thresholds[best]),
-        "seed_miou_curve": {f"{t:.2f}": m.summary()["miou"] for t, m in zip(thresholds, sweep)},
+        "seed_miou_curve": {
+            f"{t:.2f}": m.summary()["miou"] for t, m in zip(thresholds, sweep, strict=True)
+        },
         "pseudo_miou": written.summary()["miou"],
         "pseudo_mode": p.mode + (" + ignore" if p.ignore_uncertain else ""),
         "pseudo_ignored_fraction": round(ignored / max(total, 1), 4),
@@ -93,7 +96,7 @@ def evaluate_deeplab(ctx: Context, checkpoint: str) -> dict:
     s = ctx.cfg.seg
     crf = crf_params(s.crf_preset)
     plain, refined = SegmentationMeter(ctx.class_names), SegmentationMeter(ctx.class_names)
-    for image_id in tqdm(ids, desc=f"eval {checkpoint}", dynamic_ncols=True):
+    for image_id in progress(ids, f"eval {checkpoint}"):
         sample = ctx.source.load(image_id)
         x = image_to_tensor(sample.image).to(ctx.device)
         probs = predict_probs(model, x, s.test_scales, s.test_flip).cpu().numpy()
@@ -115,11 +118,12 @@ def write_figures(ctx: Context) -> list[str]:
         top = cams.max(0) if len(keys) else np.zeros(sample.image.shape[:2], np.float32)
         gt = sample.mask if sample.mask is not None else np.zeros_like(top, dtype=np.uint8)
         pseudo = load_label_png(ctx.path("pseudo") / f"{image_id}.png")
+        seed = cams_to_labels(cams, keys, ctx.cfg.cam.bg_threshold)
         rows.append([
             sample.image,
             overlay(sample.image, colorize_mask(gt)),
             overlay(sample.image, heatmap(top)),
-            overlay(sample.image, colorize_mask(cams_to_labels(cams, keys, ctx.cfg.cam.bg_threshold))),
+            overlay(sample.image, colorize_mask(seed)),
             overlay(sample.image, colorize_mask(pseudo)),
         ])  # fmt: skip
     if rows:
