@@ -212,7 +212,10 @@ def test_mask_size_mismatch(tmp_path):
 
 
 def test_not_a_voc_folder(tmp_path):
-    with pytest.raises(DatasetError, match="JPEGImages"):
+    with pytest.raises(DatasetError, match=r"not a VOC folder: .*JPEGImages is missing"):
         VOCSource(tmp_path)
+    (tmp_path / "JPEGImages").mkdir()
+    with pytest.raises(DatasetError, match=r"train.txt \(available splits: none\)"):
+        VOCSource(tmp_path).ids("train")
     with pytest.raises(DatasetError, match="not found"):
         VOCSource(tmp_path / "nope")

@@ -28,12 +28,13 @@ def build_source(
     root: str | os.PathLike | None,
     synthetic: SyntheticConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> ImageSource:
     """The dataset named by ``--data KIND [--root DIR]``.
 
     synthetic: generated (once) into ``cache_dir``, else ``root``, else :func:`default_cache_dir`,
-    then read with :class:`VOCSource`. voc / coco / folder need ``root``.
+    then read with :class:`VOCSource` (progress: see :func:`ensure_synthetic`).
+    voc / coco / folder need ``root``.
     """
     if kind == "synthetic":
         cache = cache_dir if cache_dir is not None else root

@@ -315,7 +315,7 @@ class COCOSource:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m wsss.data.coco", description=__doc__.split("\n")[0]
+        prog="python -m wsss.data.coco", description=(__doc__ or "").split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="COCO instances JSON -> semantic mask PNGs")

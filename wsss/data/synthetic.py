@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,7 +146,11 @@ SYNTHETIC_CLASSES: tuple[str, ...] = (BACKGROUND, *(s.name for s in _STYLES))
 
 def describe() -> str:
     """Plain-text description of the benchmark (for READMEs, reports and ``--help``)."""
-    lines = [__doc__.strip(), "", "Classes (index: name, body family, part colour/pattern):"]
+    lines = [
+        (__doc__ or "").strip(),
+        "",
+        "Classes (index: name, body family, part colour/pattern):",
+    ]
     names = ("earth", "slate", "moss")
     for index, style in enumerate(_STYLES, start=1):
         context = {WATER: ", on water", RAILS: ", on rails"}.get(style.context, "")
@@ -684,22 +689,28 @@ def synthetic_dir(cfg: SyntheticConfig, cache_dir: str | Path) -> Path:
     return Path(cache_dir).expanduser() / f"synthetic-{cfg.key()}"
 
 
-def ensure_synthetic(cfg: SyntheticConfig, cache_dir: str | Path, progress: bool = False) -> Path:
+def ensure_synthetic(
+    cfg: SyntheticConfig, cache_dir: str | Path, progress: bool | None = None
+) -> Path:
     """Generates the dataset for ``cfg`` unless it is already cached; returns its folder.
 
     Files are written into a temporary folder beside the target and renamed at the end, so an
-    interrupted run leaves no half-written dataset (and two concurrent runs do not collide).
+    interrupted run leaves no half-written dataset and concurrent runs (torchrun ranks) do not
+    collide. progress: a tqdm bar; None = when stderr is a terminal and $WSSS_NO_PROGRESS unset.
     """
     _validate(cfg)
     target = synthetic_dir(cfg, cache_dir)
-    if (target / DONE_MARKER).is_file():
-        return target
+    if target.exists():
+        if (target / DONE_MARKER).is_file():
+            return target
+        shutil.rmtree(target)  # no marker: left by an interrupted non-atomic writer
+    if progress is None:
+        progress = sys.stderr.isatty() and not os.environ.get("WSSS_NO_PROGRESS")
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():  # left by an older, non-atomic writer: start again
-        shutil.rmtree(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _generate(cfg, tmp, progress)
+        os.chmod(tmp, 0o755)  # mkdtemp made it private; the cache may be shared
         try:
             os.rename(tmp, target)
         except OSError:

@@ -246,7 +246,10 @@ class VOCSource:
         if not self.root.is_dir():
             raise DatasetError(f"dataset folder not found: {self.root}")
         if not (self.root / IMAGE_DIR).is_dir():
-            raise DatasetError(f"not a VOC folder: {self.root / IMAGE_DIR} is missing")
+            raise DatasetError(
+                f"not a VOC folder: {self.root / IMAGE_DIR} is missing (expected {IMAGE_DIR}/, "
+                f"SegmentationClass[Aug]/ and {SPLIT_DIR.as_posix()}/<split>.txt, e.g. train.txt)"
+            )
         self.class_names = self._class_names(class_names)
         self.mask_dir = next((self.root / d for d in MASK_DIRS if (self.root / d).is_dir()), None)
         self.split_dir = self.root / SPLIT_DIR
