@@ -27,8 +27,9 @@ generator builds images where both are guaranteed and the ground truth is exact:
 
 The dataset is written once per configuration into ``<cache>/synthetic-<hash>/`` in the VOC
 layout (read back with :class:`wsss.data.voc.VOCSource`), plus ``Context/<id>.png`` (1 = water,
-2 = rails, where visible) for context-activation analysis and ``synthetic.json`` (configuration,
-class names and statistics). The same configuration gives byte-identical files.
+2 = rails, 3 = distinctive part, where visible; ``wsss.diagnostics`` measures CAMs on them) and
+``synthetic.json`` (configuration, class names and statistics). The same configuration gives
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ from PIL import Image, ImageDraw
 from wsss.constants import BACKGROUND, IGNORE_INDEX, voc_palette
 from wsss.data.base import DatasetError
 
-GENERATOR_VERSION = 1  # bump when the images change, so old caches are not reused
+GENERATOR_VERSION = 2  # bump when the images change, so old caches are not reused
 DONE_MARKER = "DONE"
 METADATA_FILE = "synthetic.json"
 CONTEXT_DIR = "Context"
-WATER, RAILS = 1, 2  # values in Context/<id>.png
+WATER, RAILS, PART = 1, 2, 3  # values in Context/<id>.png (PART: visible distinctive part)
 
 # Skimage images that ship inside the wheel (no network needed).
 _BACKGROUND_SOURCES = (
@@ -624,7 +625,8 @@ def _write_split(cfg: SyntheticConfig, out: Path, split: str, n: int, progress: 
         )
         _save_png(item["mask"], out / "SegmentationClass" / f"{name}.png", palette)
         _save_png(item["saliency"], out / "Saliency" / f"{name}.png")
-        _save_png(item["context"], out / CONTEXT_DIR / f"{name}.png")
+        regions = np.where(item["part"], PART, item["context"]).astype(np.uint8)
+        _save_png(regions, out / CONTEXT_DIR / f"{name}.png")
         ids.append(name)
         labels[name] = item["info"]["classes"]
         infos.append(item["info"])

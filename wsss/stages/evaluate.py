@@ -18,6 +18,7 @@ from wsss.cam import cams_to_labels, sweep_labels
 from wsss.checkpoint import load_deeplab
 from wsss.config import crf_params
 from wsss.data.loaders import image_to_tensor
+from wsss.diagnostics import RegionCounter, has_regions, load_regions
 from wsss.io import atomic_write_json, load_label_png
 from wsss.logs import progress
 from wsss.metrics import SegmentationMeter
@@ -51,10 +52,14 @@ def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
     sweep = [SegmentationMeter(names) for _ in thresholds]
     crf_preset = crf_params(p.crf_preset)
     ignored = total = 0
+    regions = RegionCounter() if has_regions(ctx.source.root) else None
     for image_id in progress(ids, "eval seeds"):
         sample = ctx.source.load(image_id)
         keys, cams = load_cams(ctx.out, image_id)
-        fixed.update(sample.mask, cams_to_labels(cams, keys, cam_cfg.bg_threshold))
+        seed = cams_to_labels(cams, keys, cam_cfg.bg_threshold)
+        fixed.update(sample.mask, seed)
+        if regions is not None:
+            regions.update(image_id, sample.mask, seed, load_regions(ctx.source.root, image_id))
         for meter, (_, labels) in zip(sweep, sweep_labels(cams, keys, thresholds), strict=True):
             meter.update(sample.mask, labels)
         common = dict(bg_threshold=cam_cfg.bg_threshold, crf_gt_prob=p.crf_gt_prob)
@@ -65,7 +70,11 @@ def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
         ignored += int((mask == 255).sum())
         total += mask.size
     best = int(np.argmax([m.miou() for m in sweep]))
-    return {
+    diagnostics = {}
+    if regions is not None:
+        diagnostics["seed_diagnostics"] = regions.summary()
+        write_failure_figures(ctx, regions)
+    return diagnostics | {
         "seed_miou": fixed.summary()["miou"],
         "seed_bg_threshold": cam_cfg.bg_threshold,
         "seed_miou_best_gt_assisted": sweep[best].summary()["miou"],
@@ -84,6 +93,31 @@ def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
         },
         "seed_images": len(ids),
     }
+
+
+def write_failure_figures(ctx: Context, regions: RegionCounter, n: int = 4) -> None:
+    """The seeds most hurt by co-occurring context and by under-activation (built-in benchmark)."""
+    folder = ctx.path("figures")
+    folder.mkdir(exist_ok=True)
+    picks = {
+        "co_occurrence.png": regions.worst_over_activation(n),
+        "under_activation.png": regions.worst_under_activation(n),
+    }
+    for name, ids in picks.items():
+        rows = []
+        for image_id in ids:
+            sample = ctx.source.load(image_id)
+            keys, cams = load_cams(ctx.out, image_id)
+            top = cams.max(0) if len(keys) else np.zeros(sample.image.shape[:2], np.float32)
+            seed = cams_to_labels(cams, keys, ctx.cfg.cam.bg_threshold)
+            rows.append([
+                sample.image,
+                overlay(sample.image, colorize_mask(sample.mask)),
+                overlay(sample.image, heatmap(top)),
+                overlay(sample.image, colorize_mask(seed)),
+            ])  # fmt: skip
+        if rows:
+            montage(rows, ["image", "ground truth", "CAM (max)", "seed"]).save(folder / name)
 
 
 def evaluate_deeplab(ctx: Context, checkpoint: str) -> dict:
@@ -178,7 +212,8 @@ def run(ctx: Context) -> dict:
         report.setdefault("per_class_iou", {})["upper_bound"] = upper["miou"]["per_class"]
     timings = ctx.path("timings.json")
     report["stage_seconds"] = json.loads(timings.read_text()) if timings.exists() else {}
-    report["figures"] = write_figures(ctx)
+    write_figures(ctx)
+    report["figures"] = sorted(f"figures/{f.name}" for f in ctx.path("figures").glob("*.png"))
     atomic_write_json(report, ctx.path(OUTPUT))
     torch.set_grad_enabled(True)
     return {k: report[k] for k in ("seed_miou", "pseudo_miou", "seg_miou") if k in report}
