@@ -25,6 +25,7 @@ from wsss.metrics import SegmentationMeter
 from wsss.models.deeplab import predict_probs
 from wsss.refine.crf import dense_crf
 from wsss.refine.pseudo import pseudo_mask
+from wsss.stages import affinity
 from wsss.stages.cams import load_cams
 from wsss.stages.context import Context
 from wsss.stages.segment import OUTPUT as DEEPLAB
@@ -95,29 +96,36 @@ def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
     }
 
 
+def _cam_figure(ctx: Context, ids: list[str], path, with_pseudo: bool) -> None:
+    """One row per image: image, ground truth, max CAM, seed (and pseudo mask)."""
+    rows = []
+    for image_id in ids:
+        sample = ctx.source.load(image_id)
+        keys, cams = load_cams(ctx.out, image_id)
+        top = cams.max(0) if len(keys) else np.zeros(sample.image.shape[:2], np.float32)
+        gt = sample.mask if sample.mask is not None else np.zeros_like(top, dtype=np.uint8)
+        seed = cams_to_labels(cams, keys, ctx.cfg.cam.bg_threshold)
+        row = [
+            sample.image,
+            overlay(sample.image, colorize_mask(gt)),
+            overlay(sample.image, heatmap(top)),
+            overlay(sample.image, colorize_mask(seed)),
+        ]
+        if with_pseudo:
+            pseudo = load_label_png(ctx.path("pseudo") / f"{image_id}.png")
+            row.append(overlay(sample.image, colorize_mask(pseudo)))
+        rows.append(row)
+    if rows:
+        titles = ["image", "ground truth", "CAM (max)", "seed", "pseudo mask"][: len(rows[0])]
+        montage(rows, titles).save(path)
+
+
 def write_failure_figures(ctx: Context, regions: RegionCounter, n: int = 4) -> None:
     """The seeds most hurt by co-occurring context and by under-activation (built-in benchmark)."""
     folder = ctx.path("figures")
     folder.mkdir(exist_ok=True)
-    picks = {
-        "co_occurrence.png": regions.worst_over_activation(n),
-        "under_activation.png": regions.worst_under_activation(n),
-    }
-    for name, ids in picks.items():
-        rows = []
-        for image_id in ids:
-            sample = ctx.source.load(image_id)
-            keys, cams = load_cams(ctx.out, image_id)
-            top = cams.max(0) if len(keys) else np.zeros(sample.image.shape[:2], np.float32)
-            seed = cams_to_labels(cams, keys, ctx.cfg.cam.bg_threshold)
-            rows.append([
-                sample.image,
-                overlay(sample.image, colorize_mask(sample.mask)),
-                overlay(sample.image, heatmap(top)),
-                overlay(sample.image, colorize_mask(seed)),
-            ])  # fmt: skip
-        if rows:
-            montage(rows, ["image", "ground truth", "CAM (max)", "seed"]).save(folder / name)
+    _cam_figure(ctx, regions.worst_over_activation(n), folder / "co_occurrence.png", False)
+    _cam_figure(ctx, regions.worst_under_activation(n), folder / "under_activation.png", False)
 
 
 def evaluate_deeplab(ctx: Context, checkpoint: str) -> dict:
@@ -139,31 +147,12 @@ def evaluate_deeplab(ctx: Context, checkpoint: str) -> dict:
     return {"miou": plain.summary(), "crf_miou": refined.summary(), "images": len(ids)}
 
 
-def write_figures(ctx: Context) -> list[str]:
+def write_figures(ctx: Context) -> None:
     """CAM overlays and masks of a few seed-split images, and DeepLab outputs on val images."""
     folder = ctx.path("figures")
     folder.mkdir(exist_ok=True)
-    written = []
     n = ctx.cfg.eval.n_figures
-    rows = []
-    for image_id in ctx.ids(ctx.cfg.data.seed_split)[:n]:
-        sample = ctx.source.load(image_id)
-        keys, cams = load_cams(ctx.out, image_id)
-        top = cams.max(0) if len(keys) else np.zeros(sample.image.shape[:2], np.float32)
-        gt = sample.mask if sample.mask is not None else np.zeros_like(top, dtype=np.uint8)
-        pseudo = load_label_png(ctx.path("pseudo") / f"{image_id}.png")
-        seed = cams_to_labels(cams, keys, ctx.cfg.cam.bg_threshold)
-        rows.append([
-            sample.image,
-            overlay(sample.image, colorize_mask(gt)),
-            overlay(sample.image, heatmap(top)),
-            overlay(sample.image, colorize_mask(seed)),
-            overlay(sample.image, colorize_mask(pseudo)),
-        ])  # fmt: skip
-    if rows:
-        titles = ["image", "ground truth", "CAM (max)", "seed", "pseudo mask"]
-        montage(rows, titles).save(folder / "cams.png")
-        written.append("figures/cams.png")
+    _cam_figure(ctx, ctx.ids(ctx.cfg.data.seed_split)[:n], folder / "cams.png", True)
     if ctx.path(DEEPLAB).exists():
         model, _ = load_deeplab(ctx.path(DEEPLAB))
         crf = crf_params(ctx.cfg.seg.crf_preset)
@@ -182,8 +171,6 @@ def write_figures(ctx: Context) -> list[str]:
             montage(rows, ["image", "ground truth", "DeepLab", "DeepLab + CRF"]).save(
                 folder / "segmentation.png"
             )
-            written.append("figures/segmentation.png")
-    return written
 
 
 def run(ctx: Context) -> dict:
@@ -198,6 +185,10 @@ def run(ctx: Context) -> dict:
         "class_names": list(ctx.class_names),
     }
     report.update(evaluate_seeds_and_pseudo(ctx))
+    walked = affinity.evaluate(ctx, _scored_ids(ctx, ctx.cfg.data.seed_split))
+    if walked:
+        report.setdefault("per_class_iou", {})["pseudo_affinity"] = walked.pop("per_class")
+        report.update(walked)
     seg = evaluate_deeplab(ctx, DEEPLAB)
     if seg:
         report["seg_miou"] = seg["miou"]["miou"]
