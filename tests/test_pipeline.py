@@ -132,7 +132,7 @@ def test_torchrun_two_processes(tmp_path, cache_dir):
     """The same command under torchrun (gloo, 2 CPU processes) trains and writes CAMs."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "0", str(ROOT / "train" / "run.py"), "cam", "--preset", "smoke",
+           "--standalone", str(ROOT / "train" / "run.py"), "cam", "--preset", "smoke",
            "--out", str(out), "--quiet", "--stages", "cls,cam"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WSSS_CACHE": str(cache_dir)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

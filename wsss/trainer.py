@@ -65,6 +65,7 @@ def train(
     seed: int = 0,
     workers: int = 0,
     desc: str = "train",
+    find_unused_parameters: bool = False,
 ) -> dict[str, float]:
     """Trains ``model`` in place; returns the last epoch's mean loss terms.
 
@@ -101,7 +102,7 @@ def train(
         log.info("%s: resuming after epoch %d from %s", desc, start_epoch, state_path)
     net = model
     if world > 1:
-        net = DistributedDataParallel(model, find_unused_parameters=True)
+        net = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
     means: dict[str, float] = {}
     for epoch in range(start_epoch, epochs):
         torch.manual_seed(seed + epoch)

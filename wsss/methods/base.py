@@ -34,6 +34,8 @@ class Method:
     summary: ClassVar[str]
     Config: ClassVar[type]
     uses_saliency: ClassVar[bool] = False  # needs per-image saliency maps ("I+S" results)
+    # Some losses leave heads unused in a step (DDP must then search the graph for them).
+    ddp_find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, config):
         self.config = config

@@ -35,6 +35,7 @@ def run(ctx: Context) -> dict:
         seed=cfg.seed,
         workers=ctx.cfg.data.workers,
         desc=f"cls[{ctx.method.name}]",
+        find_unused_parameters=ctx.method.ddp_find_unused_parameters,
     )
     if distributed.is_main():
         save_checkpoint(ctx.path(OUTPUT), model.cpu(), "classifier", ctx.cfg, ctx.class_names)
