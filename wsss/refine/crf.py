@@ -47,7 +47,7 @@ def _crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
     crf.addPairwiseBilateral(
         sxy=params.bilateral_sxy,
         srgb=params.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image),
+        rgbim=np.array(image, dtype=np.uint8, order="C"),  # a writable copy (pydensecrf needs one)
         compat=params.bilateral_compat,
     )
     q = crf.inference(params.iterations)

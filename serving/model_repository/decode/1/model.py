@@ -1,0 +1,5 @@
+"""Triton Python-backend model ``decode``: the code lives in :mod:`wsss.serving.models.decode`."""
+
+from wsss.serving.models.decode import TritonPythonModel
+
+__all__ = ["TritonPythonModel"]

@@ -1,0 +1,5 @@
+"""Triton Python-backend model ``densecrf``: the code lives in :mod:`wsss.serving.models.densecrf`."""
+
+from wsss.serving.models.densecrf import TritonPythonModel
+
+__all__ = ["TritonPythonModel"]

@@ -1,0 +1,5 @@
+"""Triton Python-backend model ``preprocess``: the code lives in :mod:`wsss.serving.models.preprocess`."""
+
+from wsss.serving.models.preprocess import TritonPythonModel
+
+__all__ = ["TritonPythonModel"]
