@@ -7,7 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from wsss.config import PRESET_HELP, PRESETS, ConfigError, RunConfig, apply_overrides
+from wsss.config import (
+    PRESET_HELP,
+    PRESETS,
+    REFINE_MODES,
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+)
 
 DATASETS = {
     "synthetic": "built-in benchmark, generated once into a cache folder (default)",
@@ -43,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default="synthetic", choices=list(DATASETS), help="dataset kind")
     parser.add_argument("--root", help="dataset folder (voc, coco, folder)")
     parser.add_argument("--preset", default="default", choices=list(PRESETS), help="size of run")
+    parser.add_argument(
+        "--refine",
+        default="none",
+        choices=REFINE_MODES,
+        help="refine the CAMs before DeepLab: none, or affinity (AffinityNet random walk)",
+    )
     parser.add_argument("--out", help="run directory (default runs/METHOD-DATA-PRESET)")
     parser.add_argument(
         "--set",
@@ -65,7 +78,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     from wsss.methods import get_method
 
     method_cls = get_method(args.method)
-    cfg = RunConfig(method_name=args.method, preset=args.preset, device=args.device)
+    cfg = RunConfig(
+        method_name=args.method, preset=args.preset, device=args.device, refine=args.refine
+    )
     cfg.method = method_cls.Config()
     PRESETS[args.preset](cfg)
     method_cls(cfg.method).apply_preset(args.preset, cfg)
@@ -74,6 +89,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if args.data != "synthetic" and not args.root:
         raise ConfigError(f"--data {args.data} needs --root DIR")
     apply_overrides(cfg, args.overrides)
+    if cfg.refine not in REFINE_MODES:
+        raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got {cfg.refine!r}")
     return cfg
 
 
@@ -108,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         distributed.shutdown()
     if report:
-        keys = ("seed_miou", "seed_miou_best_gt_assisted", "pseudo_miou", "seg_miou",
-                "seg_crf_miou", "upper_bound_miou")  # fmt: skip
+        keys = ("seed_miou", "seed_miou_best_gt_assisted", "pseudo_miou", "pseudo_miou_affinity",
+                "seg_miou", "seg_crf_miou", "upper_bound_miou")  # fmt: skip
         summary = ", ".join(f"{k} {report[k]}" for k in keys if k in report)
         print(f"{out / 'report.json'}: {summary}")
     return 0

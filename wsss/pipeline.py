@@ -1,4 +1,4 @@
-"""The stage runner: cls -> cam -> pseudo -> seg -> upper -> eval in one run directory.
+"""The stage runner: cls -> cam -> pseudo [-> affinity -> walk] -> seg -> upper -> eval.
 
 A stage whose output exists is skipped unless forced; once a stage runs, every later stage runs
 too (its inputs changed). Outputs are written under temporary names and renamed, per-image
@@ -22,7 +22,7 @@ from wsss.data import build_source
 from wsss.data.synthetic import SyntheticConfig
 from wsss.io import atomic_write_json
 from wsss.methods import get_method
-from wsss.stages import cams, classify, evaluate, pseudo, segment
+from wsss.stages import affinity, cams, classify, evaluate, pseudo, segment
 from wsss.stages.context import Context
 
 log = logging.getLogger("wsss")
@@ -41,6 +41,20 @@ STAGES: tuple[Stage, ...] = (
     Stage("cls", classify.OUTPUT, classify.run, help="train the classification network"),
     Stage("cam", cams.OUTPUT, cams.run, help="multi-scale CAMs of the training images"),
     Stage("pseudo", pseudo.OUTPUT, pseudo.run, help="pseudo masks from the CAMs"),
+    Stage(
+        "affinity",
+        affinity.OUTPUT,
+        affinity.run,
+        affinity.wanted,
+        help="AffinityNet on CRF labels of the CAMs (--refine affinity)",
+    ),
+    Stage(
+        "walk",
+        affinity.WALK_OUTPUT,
+        affinity.run_walk,
+        affinity.wanted,
+        help="random walk of the CAMs on AffinityNet affinities (--refine affinity)",
+    ),
     Stage("seg", segment.OUTPUT, segment.run, help="DeepLab v2 on the pseudo masks"),
     Stage(
         "upper",

@@ -3,6 +3,8 @@ supervised upper bound, when the training split has ground truth) -> ``upper_bou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch.nn.functional as F
 
 from wsss import distributed
@@ -10,7 +12,9 @@ from wsss.checkpoint import make_backbone, save_checkpoint
 from wsss.constants import IGNORE_INDEX
 from wsss.data.loaders import SegmentationDataset
 from wsss.models.deeplab import DeepLabV2
+from wsss.stages.affinity import WALK_OUTPUT
 from wsss.stages.context import Context
+from wsss.stages.pseudo import OUTPUT as PSEUDO
 from wsss.trainer import train
 
 OUTPUT = "deeplab.pt"
@@ -24,6 +28,11 @@ def segmentation_loss(net, batch: dict, info) -> dict:
     return {"ce": F.cross_entropy(logits, batch["mask"], ignore_index=IGNORE_INDEX)}
 
 
+def mask_dir(ctx: Context) -> Path:
+    """The pseudo masks DeepLab trains on: the random-walk masks with --refine affinity."""
+    return ctx.path(WALK_OUTPUT if ctx.cfg.refine == "affinity" else PSEUDO)
+
+
 def _train(ctx: Context, output: str, pseudo: bool) -> dict:
     cfg = ctx.cfg.seg
     model = DeepLabV2(make_backbone(cfg.backbone), len(ctx.class_names), cfg.aspp_rates)
@@ -32,7 +41,7 @@ def _train(ctx: Context, output: str, pseudo: bool) -> dict:
         ctx.ids(ctx.cfg.data.train_split),
         crop=cfg.crop,
         scale_range=cfg.scale_range,
-        mask_dir=ctx.path("pseudo") if pseudo else None,
+        mask_dir=mask_dir(ctx) if pseudo else None,
     )
     state = ctx.path(f".{output}.state.pt")
     losses = train(
