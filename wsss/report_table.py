@@ -1,6 +1,6 @@
 """Markdown tables from run directories' ``report.json`` (the README's results tables).
 
-    python -m wsss.report_table runs/cam-default runs/ktse-default ...
+python -m wsss.report_table runs/cam-default runs/ktse-default ...
 """
 
 from __future__ import annotations

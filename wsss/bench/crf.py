@@ -117,7 +117,7 @@ def speed_rows(
                 params = replace(CRF_PRESETS[preset], iterations=n_iter)
 
                 def torch_call(k: int, params=params, x=x, p=p) -> object:
-                    crf_torch._grid_lattice.cache_clear()
+                    crf_torch._grid_kernel.cache_clear()
                     return crf_torch.dense_crf(x[:k], p[:k], params)
 
                 calls: dict[str, Callable[[], object]] = {"torch_b1": lambda f=torch_call: f(1)}
@@ -227,9 +227,9 @@ def profile_torch(device: str, size: int, labels: int, preset: str, repeats: int
 
     with torch.no_grad():
         for _ in range(repeats + 1):
-            crf_torch._grid_lattice.cache_clear()
-            with part("build: Gaussian lattice"):
-                crf_torch._grid_lattice(x.shape[1], x.shape[2], float(params.gaussian_sxy), dev)
+            crf_torch._grid_kernel.cache_clear()
+            with part("build: Gaussian lattice + norm (cached per size)"):
+                crf_torch._grid_kernel(x.shape[1], x.shape[2], float(params.gaussian_sxy), dev)
             with part("build: all (both lattices, norms, filter)"):
                 pairwise = crf_torch.build_pairwise(x, params)
             q = torch.softmax(-unary, 1)
@@ -243,7 +243,7 @@ def profile_torch(device: str, size: int, labels: int, preset: str, repeats: int
             with part("step: slice + unary"):
                 t = step(buf)
             with part("step: softmax"):
-                crf_torch._softmax_(t, True)
+                crf_torch._softmax_(t)
             with part(f"mean field ({params.iterations} iterations)"):
                 crf_torch.mean_field(unary, pairwise, params.iterations)
     lattice_rows = pairwise.n_rows

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import CamBaseline
+from wsss.methods.cpn import CPN
+from wsss.methods.ecs import ECS
+from wsss.methods.eps import EPS
+from wsss.methods.fbr import FBR
+from wsss.methods.ktse import KTSE
 
 METHODS: dict[str, type[Method]] = {
     CamBaseline.name: CamBaseline,
+    CPN.name: CPN,
+    ECS.name: ECS,
+    EPS.name: EPS,
+    FBR.name: FBR,
+    KTSE.name: KTSE,
 }
 
 

@@ -1,0 +1,123 @@
+"""Dense CRF with a choice of implementation: ``pydensecrf`` (the reference) or ``torch``.
+
+The numpy functions have the signatures of :mod:`wsss.refine.crf` plus ``impl`` and ``device``
+and build the unary exactly as it does, so both implementations see the same float32 input.
+torch is imported only for ``impl="torch"``: with the default this module, like ``crf.py``,
+needs numpy and pydensecrf only (Triton Python backends import it).
+
+``impl="torch"`` runs :mod:`wsss.refine.crf_torch` on ``device`` ("auto": CUDA when available,
+else CPU). :func:`dense_crf_batch` refines a batch of same-size images in one call (one lattice
+build and one sparse product per step for the whole batch): the fast path on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from wsss.refine import crf as reference
+from wsss.refine.crf import CRFParams
+
+if TYPE_CHECKING:
+    import torch
+
+CRF_IMPLS = ("pydensecrf", "torch")
+UNARY_CLIP = 1e-8  # crf.dense_crf: probabilities clipped at 1e-8 before -log
+
+
+def check_impl(impl: str) -> str:
+    """``impl`` if it names a CRF implementation, else ValueError listing the known ones."""
+    if impl not in CRF_IMPLS:
+        raise ValueError(f"unknown CRF implementation {impl!r}; known: {list(CRF_IMPLS)}")
+    return impl
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """ "auto" / None -> CUDA when available, else CPU; anything else as torch.device."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _unary_from_probs(probs: np.ndarray) -> np.ndarray:
+    """-log(clip(p, 1e-8, 1)) float32 [..., K, H, W], as crf.dense_crf computes it."""
+    return -np.log(np.clip(probs.astype(np.float32), UNARY_CLIP, 1.0))
+
+
+def _unary_from_labels(labels: np.ndarray, n_labels: int, gt_prob: float) -> np.ndarray:
+    """crf.dense_crf_labels' unary: labels int [H, W] -> float32 [K, H, W]."""
+    h, w = labels.shape
+    rest = (1.0 - gt_prob) / max(n_labels - 1, 1)
+    probs = np.full((n_labels, h * w), rest, dtype=np.float32)
+    probs[labels.reshape(-1), np.arange(h * w)] = gt_prob
+    return -np.log(probs).reshape(n_labels, h, w)
+
+
+def _torch_crf(
+    images: np.ndarray, unary: np.ndarray, params: CRFParams, device: str | None
+) -> np.ndarray:
+    """images uint8 [B, H, W, 3], unary float32 [B, K, H, W] -> probs float32 [B, K, H, W]."""
+    import torch
+
+    from wsss.refine.crf_torch import dense_crf_unary
+
+    dev = resolve_device(device)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(dev)
+    u = torch.from_numpy(np.ascontiguousarray(unary, dtype=np.float32)).to(dev)
+    return dense_crf_unary(x, u, params).cpu().numpy()
+
+
+def dense_crf(
+    image: np.ndarray,
+    probs: np.ndarray,
+    params: CRFParams,
+    impl: str = "pydensecrf",
+    device: str | None = "auto",
+) -> np.ndarray:
+    """Refines class probabilities: image uint8 [H, W, 3], probs [K, H, W] -> probs [K, H, W].
+
+    See :func:`wsss.refine.crf.dense_crf`; ``impl`` picks the implementation.
+    """
+    if check_impl(impl) == "pydensecrf":
+        return reference.dense_crf(image, probs, params)
+    return _torch_crf(image[None], _unary_from_probs(probs)[None], params, device)[0]
+
+
+def dense_crf_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    n_labels: int,
+    params: CRFParams,
+    gt_prob: float = 0.7,
+    impl: str = "pydensecrf",
+    device: str | None = "auto",
+) -> np.ndarray:
+    """Refines a hard label map: labels int [H, W] -> int [H, W] (IRN ``crf_inference_label``).
+
+    See :func:`wsss.refine.crf.dense_crf_labels`; ``impl`` picks the implementation.
+    """
+    if check_impl(impl) == "pydensecrf":
+        return reference.dense_crf_labels(image, labels, n_labels, params, gt_prob)
+    unary = _unary_from_labels(labels, n_labels, gt_prob)
+    q = _torch_crf(image[None], unary[None], params, device)[0]
+    return q.argmax(0).astype(labels.dtype)
+
+
+def dense_crf_batch(
+    images: np.ndarray,
+    probs: np.ndarray,
+    params: CRFParams,
+    impl: str = "torch",
+    device: str | None = "auto",
+) -> np.ndarray:
+    """A batch: images uint8 [B, H, W, 3], probs [B, K, H, W] -> probs float32 [B, K, H, W].
+
+    ``torch`` refines the whole batch at once; ``pydensecrf`` loops over the images.
+    """
+    if check_impl(impl) == "pydensecrf":
+        pairs = zip(images, probs, strict=True)
+        return np.stack([reference.dense_crf(i, p, params) for i, p in pairs])
+    return _torch_crf(images, _unary_from_probs(probs), params, device)
