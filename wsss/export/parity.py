@@ -1,8 +1,9 @@
 """Parity of an exported model against its reference: PyTorch vs ONNX Runtime, ORT vs TensorRT.
 
 Both sides are plain callables ``images float32 [B, 3, H, W] (numpy) -> {name: array}``, so one
-check serves every pair. Per output it records the maximum absolute difference and, for maps
-[B, K, H, W], the share of pixels whose arg-max over K agrees. The check runs at several sizes
+check serves every pair. Per output it records the maximum absolute difference, checks it
+against a :class:`Tolerance`, and for maps [B, K, H, W] the share of pixels whose arg-max over
+K agrees. The check runs at several sizes
 (one of them odd) because dynamic-shape export bugs show up only away from the traced size.
 """
 

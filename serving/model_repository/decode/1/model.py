@@ -1,4 +1,4 @@
-"""Triton Python-backend model ``decode``: the code lives in :mod:`wsss.serving.models.decode`."""
+"""Triton Python-backend model ``decode``; the code lives in wsss.serving.models.decode."""
 
 from wsss.serving.models.decode import TritonPythonModel
 

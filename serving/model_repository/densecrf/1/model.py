@@ -1,4 +1,4 @@
-"""Triton Python-backend model ``densecrf``: the code lives in :mod:`wsss.serving.models.densecrf`."""
+"""Triton Python-backend model ``densecrf``; the code lives in wsss.serving.models.densecrf."""
 
 from wsss.serving.models.densecrf import TritonPythonModel
 

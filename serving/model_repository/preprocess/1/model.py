@@ -1,4 +1,4 @@
-"""Triton Python-backend model ``preprocess``: the code lives in :mod:`wsss.serving.models.preprocess`."""
+"""Triton Python-backend model ``preprocess``; the code lives in wsss.serving.models.preprocess."""
 
 from wsss.serving.models.preprocess import TritonPythonModel
 
