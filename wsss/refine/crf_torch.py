@@ -48,6 +48,9 @@ from torch import Tensor
 from wsss.refine.crf import CRFParams
 
 _CODE_LIMIT = 1 << 62
+# On CPU a batch runs image by image: a bigger lattice table only adds cache misses (measured
+# 1.2-1.8x slower per image at 2 x 500 x 375 on a 2-core host); GPUs take the whole batch.
+CPU_IMAGES_PER_BATCH = 1
 
 
 class LatticeKeyOverflow(ValueError):
@@ -507,7 +510,27 @@ def _blur_steps(lattices: list[Lattice], starts: list[int], itype: torch.dtype) 
     index = torch.stack([own.to(itype).expand(steps, r), cols[:, 0], cols[:, 1]], dim=2)
     half = (nb >= 0).float() * 0.5
     weight = torch.stack([torch.ones(steps, r, device=dev), half[:, 0], half[:, 1]], dim=2)
-    return [_RowSums(index[j, :a], weight[j, :a]) for j, a in enumerate(active)]
+    single = [_RowSums(index[j, :a], weight[j, :a]) for j, a in enumerate(active)]
+    pairs = [single[j : j + 2] for j in range(0, steps, 2)]
+    return [_compose(*pair) if len(pair) == 2 else pair[0] for pair in pairs]
+
+
+def _compose(first: _RowSums, second: _RowSums) -> _RowSums:
+    """Two blur steps as one, [R_1, 9] entries: second(first(x)); exact weights (products of 1/2).
+
+    Rows beyond the second step's R_2 (lattices without that axis) get the first step only
+    (padded with weight-0 entries). One pass instead of two: less memory traffic per step.
+    """
+    r1, r2 = first.index.shape[0], second.index.shape[0]
+    inner = second.index.reshape(-1).long()
+    index = first.index.index_select(0, inner).view(r2, 9)
+    weight = second.weight[:, :, None] * first.weight.index_select(0, inner).view(r2, 3, 3)
+    weight = weight.view(r2, 9)
+    if r1 > r2:
+        rest = first.index[r2:]
+        index = torch.cat([index, torch.cat([rest, rest[:, :1].expand(-1, 6)], 1)])
+        weight = torch.cat([weight, F.pad(first.weight[r2:], (0, 6))])
+    return _RowSums(index.contiguous(), weight.contiguous())
 
 
 def pixel_features(images: Tensor, sxy: float, srgb: float | None) -> Tensor:
@@ -597,14 +620,20 @@ def _pixel_major(unary: Tensor) -> Tensor:
 def dense_crf_unary(images: Tensor, unary: Tensor, params: CRFParams) -> Tensor:
     """Mean field: images uint8 [B, H, W, 3], unary [B, K, H, W] (-log p) -> Q [B, K, H, W].
 
-    Runs on the images' device. When one batch's lattice keys need more than 62 bits (huge
-    images with tiny sxy/srgb), the batch is split; a single such image raises ValueError.
+    Runs on the images' device: on CUDA the batch shares one lattice per kernel, on CPU it
+    goes ``CPU_IMAGES_PER_BATCH`` images at a time. When one batch's lattice keys need more than
+    62 bits (huge images with tiny sxy/srgb), the batch is split; a single such image raises
+    ValueError.
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"CRF needs uint8 images [B, H, W, 3], got {images.dtype} {images.shape}")
     b, h, w, _ = images.shape
     if unary.ndim != 4 or unary.shape[0] != b or tuple(unary.shape[2:]) != (h, w):
         raise ValueError(f"unary must be [B, K, H, W] for images {tuple(images.shape)}")
+    if images.device.type == "cpu" and b > CPU_IMAGES_PER_BATCH:
+        n = CPU_IMAGES_PER_BATCH
+        parts = [(images[i : i + n], unary[i : i + n]) for i in range(0, b, n)]
+        return torch.cat([dense_crf_unary(i, u, params) for i, u in parts])
     try:
         pairwise = build_pairwise(images, params)
     except LatticeKeyOverflow:
