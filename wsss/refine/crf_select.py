@@ -65,8 +65,8 @@ def _torch_crf(
     from wsss.refine.crf_torch import dense_crf_unary
 
     dev = resolve_device(device)
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(dev)
-    u = torch.from_numpy(np.ascontiguousarray(unary, dtype=np.float32)).to(dev)
+    x = torch.from_numpy(np.require(images, np.uint8, ["C", "W"])).to(dev)  # W: read-only
+    u = torch.from_numpy(np.require(unary, np.float32, ["C", "W"])).to(dev)  # arrays warn
     return dense_crf_unary(x, u, params).cpu().numpy()
 
 
