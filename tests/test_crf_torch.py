@@ -122,9 +122,9 @@ def test_select_numpy_api_matches_reference():
     assert (ours_labels == ref_labels).mean() >= 0.99
 
 
-@pytest.mark.parametrize("images_per_batch", [1, 3])
-def test_batch_equals_single_images(monkeypatch, images_per_batch):
-    monkeypatch.setattr(crf_torch, "CPU_IMAGES_PER_BATCH", images_per_batch)
+@pytest.mark.parametrize("pixels_per_batch", [1, 40 * 56 * 3])
+def test_batch_equals_single_images(monkeypatch, pixels_per_batch):
+    monkeypatch.setattr(crf_torch, "CPU_BATCH_PIXELS", pixels_per_batch)
     rng = np.random.default_rng(4)
     names = ["astronaut", "coffee", "chelsea"]
     images = np.stack([_photo(n, 40, 56) for n in names])
@@ -139,7 +139,7 @@ def test_batch_equals_single_images(monkeypatch, images_per_batch):
 
 
 def test_key_overflow_splits_the_batch(monkeypatch):
-    monkeypatch.setattr(crf_torch, "CPU_IMAGES_PER_BATCH", 3)
+    monkeypatch.setattr(crf_torch, "CPU_BATCH_PIXELS", 3 * 20 * 24)
     rng = np.random.default_rng(5)
     images = torch.from_numpy(rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8))
     probs = torch.from_numpy(rng.random((3, 3, 20, 24)).astype(np.float32))
@@ -174,7 +174,7 @@ def test_lattice_is_a_global_gaussian_filter(d):
     features = torch.rand(d, n, generator=gen) * 4
     lattice = crf_torch.build_lattice(features, torch.zeros(n, dtype=torch.int64), 1, None)
     values = torch.rand(n, 1, generator=gen)
-    out = crf_torch.LatticeFilter.build([lattice])(values)[:, 0]
+    out = crf_torch.LatticeFilter.build(lattice)(values)[:, 0]
     dist = ((features[:, :, None] - features[:, None, :]) ** 2).sum(0)
     errors = {}
     for var in (0.5, 1.0, 2.0):

@@ -237,20 +237,19 @@ def profile_torch(device: str, size: int, labels: int, preset: str, repeats: int
             with part("build: the rest (bilateral lattice and norm, filter matrices)"):
                 pairwise = crf_torch.build_pairwise(x, params)
             q = torch.softmax(-unary, 1)
-            with part("step: splat"):
-                table = pairwise.splat(q)
-            with part("step: blur (all axes)"):
-                for b in pairwise.blur:
-                    table = b(table)
-            buf = torch.cat([table, -unary])
-            step = pairwise.slice_plus_identity()
-            with part("step: slice + unary"):
-                t = step(buf)
+            for name, f in zip(("Gaussian", "bilateral"), pairwise.filters, strict=True):
+                with part(f"step: {name} splat"):
+                    table = f.splat(q)
+                with part(f"step: {name} blur ({len(f.blur)} passes)"):
+                    for b in f.blur:
+                        table = b(table)
+                with part(f"step: {name} slice"):
+                    f.slice(table)
             with part("step: softmax"):
-                crf_torch._softmax_(t)
+                crf_torch._softmax_(-unary.clone())
             with part(f"mean field ({params.iterations} iterations)"):
                 crf_torch.mean_field(unary, pairwise, params.iterations)
-    lattice_rows = pairwise.n_rows
+    lattice_rows = [f.n_rows for f in pairwise.filters]
     out = {name: _stats(v[1:])["median_ms"] for name, v in parts.items()}
     return {
         "size": f"{x.shape[2]}x{x.shape[1]}",

@@ -24,9 +24,9 @@ run by ``embedding_bag`` (FBGEMM on CPU, a CUDA kernel on GPUs), built once per 
 reused by every iteration. Both kernels share one stacked vertex table; the symmetric norms
 and Potts weights are folded into the splat and slice weights and the unary is added inside
 the slice. Images of a batch are disjoint blocks of one lattice (the image index is part of
-the key), so a batch costs one set of calls per iteration on a GPU; CPU runs go image by image
-(``CPU_IMAGES_PER_BATCH``), where a bigger table only adds cache misses. The Gaussian kernel's
-lattice depends on the image size alone and is cached per size.
+the key), so a batch costs one set of calls per iteration on a GPU; on CPU a batch goes in
+groups of up to ``CPU_BATCH_PIXELS`` pixels (a bigger table only adds cache misses). The
+Gaussian kernel's lattice depends on the image size alone and is cached per size.
 
 Error (measured against pydensecrf2 1.1; ``tests/test_crf_torch.py``, ``python -m
 wsss.bench.crf``). The lattice, hence the filter, is densecrf's; what differs is float32
@@ -55,9 +55,14 @@ from torch import Tensor
 from wsss.refine.crf import CRFParams
 
 _CODE_LIMIT = 1 << 62
-# On CPU a batch runs image by image: a bigger lattice table only adds cache misses (measured
-# 1.2-1.8x slower per image at 2 x 500 x 375 on a 2-core host); GPUs take the whole batch.
-CPU_IMAGES_PER_BATCH = 1
+# CPU mean field: an operator whose result exceeds this many bytes writes it in row blocks into
+# a table allocated once. A fresh tensor above glibc's 32 MiB mmap ceiling (1024 x 768 x 21
+# floats) is mapped and page-faulted in anew on every call, which cost more than the filtering.
+_BLOCK_BYTES = 16 << 20
+# On CPU a batch runs in groups of at most this many pixels (at least one image): a bigger
+# lattice table only adds cache misses (measured 1.2-1.8x slower per image at 2 x 500 x 375 on a
+# 2-core host), while small images gain from sharing the per-call overhead. GPUs take it whole.
+CPU_BATCH_PIXELS = 1 << 18
 
 
 class LatticeKeyOverflow(ValueError):
@@ -122,12 +127,13 @@ def _barycentric(elevated: Tensor, rem0: Tensor, rank: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class _KeyCode:
-    """Mixed-radix packing of a vertex key: (image, remainder r, q_0 .. q_{d-1}) -> one integer.
+    """Mixed-radix packing of a vertex key: (image, q_0 .. q_{d-1}, remainder r) -> an integer.
 
     densecrf's key of a vertex of remainder r has k_i = (d+1) q_i + r (i < d). ``lo`` [d] is
-    the smallest q_i minus 2, ``strides`` [d] the weight of each q_i; ``stride_r`` and
-    ``stride_b`` weigh the remainder and the image. The margin of 2 keeps the codes of blur
-    neighbours (q_i +- 1) inside their digit. int32 when every code fits (a faster sort).
+    the smallest q_i minus 2, ``strides`` [d] the weight of each q_i; ``stride_r`` (1: the
+    remainder is the last digit, so a simplex's vertices lie close in memory) and ``stride_b``
+    weigh the remainder and the image. The margin of 2 keeps the codes of blur neighbours
+    (q_i +- 1) inside their digit. int32 when every code fits (a faster sort).
     """
 
     lo: Tensor
@@ -397,6 +403,24 @@ class _RowSums:
             self.index, x, self.offsets, mode="sum", per_sample_weights=self.weight
         )
 
+    @property
+    def n_rows(self) -> int:
+        """R."""
+        return (self.index if self.offsets is None else self.offsets).shape[0]
+
+    def rows(self, r0: int, r1: int) -> _RowSums:
+        """Rows [r0, r1) as an operator of their own."""
+        if self.offsets is None:
+            return _RowSums(self.index[r0:r1], self.weight[r0:r1])
+        e0 = int(self.offsets[r0])
+        e1 = int(self.offsets[r1]) if r1 < self.n_rows else self.index.shape[0]
+        return _RowSums(self.index[e0:e1], self.weight[e0:e1], self.offsets[r0:r1] - e0)
+
+    def blocks(self, size: int) -> list[tuple[int, int, _RowSums]]:
+        """(r0, r1, rows r0..r1) for consecutive blocks of ``size`` rows."""
+        n = self.n_rows
+        return [(r, min(r + size, n), self.rows(r, min(r + size, n))) for r in range(0, n, size)]
+
 
 def _index_dtype(device: torch.device, n: int) -> torch.dtype:
     """int32 indices on CPU where they fit (less memory traffic), int64 elsewhere."""
@@ -405,86 +429,62 @@ def _index_dtype(device: torch.device, n: int) -> torch.dtype:
 
 @dataclass
 class LatticeFilter:
-    """sum_k post_k * K_k(pre_k * x) over lattices of the same P points, by decreasing d.
+    """One kernel's filter ``post * K(pre * x)`` on a lattice: splat, blur passes, slice.
 
-    The lattices' vertices are stacked into one table of R = sum M_k rows: one splat, max d_k+1
-    blur steps (step j covers the prefix of lattices with d_k >= j) and one slice, so a filter
-    call is 2 + max(d_k + 1) ``embedding_bag`` calls for all kernels and images at once.
-    ``splat_point`` int64 [E] and ``parts`` (splat entries, slice columns) per lattice let
-    :meth:`scaled` fold per-point scales in.
+    splat: M rows (entries grouped by vertex); blur: ceil((d+1)/2) passes of 9 entries per
+    vertex (two axes each); slice: P rows of d+1 entries scaled by 1 / (1 + 2^-d). Per-point
+    scales pre, post float32 [P] (norms, compatibility) are folded into the weights.
+    ``splat_point`` int64 [E]: the point of each splat entry (to fold ``pre`` in).
     """
 
     splat: _RowSums
     blur: list[_RowSums]
     slice: _RowSums
     splat_point: Tensor
-    parts: list[tuple[int, int]]
 
     @property
     def n_rows(self) -> int:
-        """R, the rows of the stacked vertex table."""
+        """M, the rows of the vertex table."""
         return self.splat.offsets.shape[0]
 
     @classmethod
-    def build(cls, lattices: list[Lattice]) -> LatticeFilter:
-        """The unscaled filter sum_k K_k; lattices over the same points, by decreasing d."""
-        dims = [lat.dim for lat in lattices]
-        if dims != sorted(dims, reverse=True):
-            raise ValueError(f"lattices must come by decreasing dimension, got {dims}")
-        dev = lattices[0].offsets.device
-        sizes = [lat.n_vertices for lat in lattices]
-        starts = [sum(sizes[:k]) for k in range(len(sizes))]
-        entries = [lat.splat_point.numel() for lat in lattices]
-        itype = _index_dtype(dev, max(sum(sizes), sum(entries)))
-        row_starts = [lat.splat_crow[:-1] + sum(entries[:k]) for k, lat in enumerate(lattices)]
-        point = torch.cat([lat.splat_point for lat in lattices])
+    def build(cls, lattice: Lattice) -> LatticeFilter:
+        """The unscaled filter K of ``lattice``."""
+        dev = lattice.offsets.device
+        itype = _index_dtype(dev, max(lattice.n_vertices, lattice.splat_point.numel()))
         splat = _RowSums(
-            point.to(itype),
-            torch.cat([lat.splat_weight for lat in lattices]),
-            torch.cat(row_starts).to(itype),
+            lattice.splat_point.to(itype), lattice.splat_weight, lattice.splat_crow[:-1].to(itype)
         )
-        blur = _blur_steps(lattices, starts, itype)
-        index = torch.cat([lat.offsets + s for lat, s in zip(lattices, starts, strict=True)], 1)
-        weight = torch.cat([lat.weights * _alpha(lat.dim) for lat in lattices], 1)
-        parts = [(e, lat.dim + 1) for e, lat in zip(entries, lattices, strict=True)]
-        return cls(splat, blur, _RowSums(index.to(itype), weight), point, parts)
+        steps = [_blur_columns(lattice.neighbours[j], itype) for j in range(lattice.dim + 1)]
+        blur = []
+        for j in range(0, len(steps), 2):
+            cols, weights = steps[j] if j + 1 == len(steps) else _compose(steps[j], steps[j + 1])
+            blur.append(_RowSums(torch.stack(cols, 1), torch.stack(weights, 1)))
+        sliced = _RowSums(lattice.offsets.to(itype), lattice.weights * _alpha(lattice.dim))
+        return cls(splat, blur, sliced, lattice.splat_point)
 
-    def scaled(self, pre: list[Tensor], post: list[Tensor]) -> LatticeFilter:
-        """sum_k post_k * K_k(pre_k * x): pre, post float32 [P] per lattice (blur shared)."""
-        points = self.splat_point.split([e for e, _ in self.parts])
-        pre_w = torch.cat([s.index_select(0, pt) for s, pt in zip(pre, points, strict=True)])
-        post_w = torch.cat(
-            [s[:, None].expand(-1, c) for s, (_, c) in zip(post, self.parts, strict=True)], 1
-        )
-        splat = _RowSums(self.splat.index, self.splat.weight * pre_w, self.splat.offsets)
-        sliced = _RowSums(self.slice.index, self.slice.weight * post_w)
-        return LatticeFilter(splat, self.blur, sliced, self.splat_point, self.parts)
+    def scaled(self, pre: Tensor, post: Tensor) -> LatticeFilter:
+        """``post * K(pre * x)``: pre, post float32 [P] (the blur passes are shared)."""
+        splat_w = self.splat.weight * pre.index_select(0, self.splat_point)
+        splat = _RowSums(self.splat.index, splat_w, self.splat.offsets)
+        sliced = _RowSums(self.slice.index, self.slice.weight * post[:, None])
+        return LatticeFilter(splat, self.blur, sliced, self.splat_point)
 
-    def blurred(self, values: Tensor, out: Tensor | None = None) -> Tensor:
-        """Splat and blur: values float32 [P, C] -> lattice values [R, C], written to out[:R].
-
-        Rows of lattices with fewer axes leave the table (into ``out``) after their last step.
-        """
+    def blurred(self, values: Tensor) -> Tensor:
+        """Splat and blur: values float32 [P, C] -> lattice values [M, C]."""
         table = self.splat(values)
-        if out is None:
-            out = torch.empty_like(table)
         for b in self.blur:
-            active = b.index.shape[0]
-            if active < table.shape[0]:
-                out[active : table.shape[0]] = table[active:]
-                table = table[:active]
             table = b(table)
-        out[: table.shape[0]] = table
-        return out
+        return table
 
     def __call__(self, values: Tensor) -> Tensor:
         """The filter: values float32 [P, C] -> [P, C]."""
         return self.slice(self.blurred(values))
 
     def slice_plus_identity(self) -> _RowSums:
-        """The slice with one more entry per point p: row R + p, weight 1.
+        """The slice with one more entry per point p: row M + p, weight 1.
 
-        Applied to the table [R + P, C] whose last P rows hold x, it gives x + slice(table):
+        Applied to the table [M + P, C] whose last P rows hold x, it gives x + slice(table):
         mean field adds the unary inside the slice instead of in a separate pass.
         """
         p = self.slice.index.shape[0]
@@ -494,58 +494,50 @@ class LatticeFilter:
         return _RowSums(index, weight)
 
 
-def _blur_steps(lattices: list[Lattice], starts: list[int], itype: torch.dtype) -> list[_RowSums]:
-    """The d+1 blur steps, composed in pairs (:func:`_compose`): ceil((d+1)/2) passes."""
-    steps = [_blur_columns(lattices, starts, j, itype) for j in range(lattices[0].dim + 1)]
-    out = []
-    for j in range(0, len(steps), 2):
-        cols, weights = steps[j] if j + 1 == len(steps) else _compose(steps[j], steps[j + 1])
-        out.append(_RowSums(torch.stack(cols, 1), torch.stack(weights, 1)))
-    return out
+_Columns = tuple[list[Tensor], list[Tensor]]  # per entry: column index [M], weight [M]
 
 
-_Columns = tuple[list[Tensor], list[Tensor]]  # per entry: column index [R], weight [R]
+def _blur_columns(neighbours: Tensor, itype: torch.dtype) -> _Columns:
+    """Blur along one axis as 3 entries per vertex: v_m + (v_n1 + v_n2) / 2.
 
-
-def _blur_columns(
-    lattices: list[Lattice], starts: list[int], j: int, itype: torch.dtype
-) -> _Columns:
-    """Blur step j as 3 entries per row: v_m + (v_n1 + v_n2) / 2 along axis j.
-
-    Rows: the R_j vertices of the lattices with d >= j (a prefix of the table). An absent
-    neighbour is read as row m with weight 0 (densecrf reads a zero row).
+    neighbours int64 [2, M], -1 where absent: read as row m with weight 0 (densecrf reads a
+    zero row).
     """
-    nbs = [
-        torch.where(lat.neighbours[j] < 0, -1, lat.neighbours[j] + start).to(itype)
-        for lat, start in zip(lattices, starts, strict=True)
-        if j <= lat.dim
-    ]
-    nb = torch.cat(nbs, dim=1)  # [2, R_j]
-    own = torch.arange(nb.shape[1], device=nb.device, dtype=itype)
-    half = (nb >= 0).float() * 0.5
-    return [own, *torch.where(nb < 0, own, nb)], [torch.ones_like(half[0]), *half]
+    own = torch.arange(neighbours.shape[1], device=neighbours.device, dtype=itype)
+    half = (neighbours >= 0).float() * 0.5
+    cols = torch.where(neighbours < 0, own, neighbours.to(itype))
+    return [own, *cols], [torch.ones_like(half[0]), *half]
 
 
 def _compose(first: _Columns, second: _Columns) -> _Columns:
-    """Two blur steps as one, 9 entries per row: second(first(x)); exact weights (1/2 powers).
+    """Two blur steps as one, 9 entries per vertex: second(first(x)), exact weights (1/2^k).
 
-    Rows beyond the second step's R_2 (lattices without that axis) get the first step only,
-    padded with weight-0 entries. One pass instead of two: less memory traffic per step.
+    One pass instead of two: half the table writes and calls.
     """
     (c1, w1), (c2, w2) = first, second
-    r2 = len(c2[0])
     cols, weights = [], []
     for c, w in zip(c2, w2, strict=True):
         at = c.long()
         cols += [x.index_select(0, at) for x in c1]
         weights += [w * x.index_select(0, at) for x in w1]
-    if len(c1[0]) > r2:
-        own, zero = c1[0][r2:], torch.zeros_like(w1[0][r2:])
-        tail_cols = [x[r2:] for x in c1] + [own] * 6
-        tail_weights = [x[r2:] for x in w1] + [zero] * 6
-        cols = [torch.cat(pair) for pair in zip(cols, tail_cols, strict=True)]
-        weights = [torch.cat(pair) for pair in zip(weights, tail_weights, strict=True)]
     return cols, weights
+
+
+@dataclass
+class Pairwise:
+    """The pairwise terms of a batch: sum_k w_k n_k K_k(n_k q), one filter per kernel.
+
+    Kernels keep separate vertex tables: a stacked table was measured slower (cache misses).
+    """
+
+    filters: list[LatticeFilter]
+
+    def __call__(self, q: Tensor) -> Tensor:
+        """q float32 [P, K] -> [P, K] (the negative of densecrf's pairwise ``apply`` sum)."""
+        out = self.filters[0](q)
+        for f in self.filters[1:]:
+            out += f(q)
+        return out
 
 
 def pixel_features(images: Tensor, sxy: float, srgb: float | None) -> Tensor:
@@ -569,12 +561,11 @@ def pixel_features(images: Tensor, sxy: float, srgb: float | None) -> Tensor:
     return torch.cat(feats).float()
 
 
-def build_pairwise(images: Tensor, params: CRFParams) -> LatticeFilter:
-    """Both pairwise terms of images uint8 [B, H, W, 3] as one filter: q [P, K] -> [P, K].
+def build_pairwise(images: Tensor, params: CRFParams) -> Pairwise:
+    """The Gaussian and bilateral terms of images uint8 [B, H, W, 3], P = B*H*W pixels.
 
-    It computes sum_k w_k n_k K_k(n_k q), the negative of densecrf's pairwise ``apply`` sum;
-    P = B*H*W pixels in image-major raster order. The Gaussian lattice and norm are built for
-    one image (cached per size) and repeated; the bilateral lattice covers the whole batch.
+    Pixels in image-major raster order. The Gaussian lattice and norm are built for one image
+    (cached per size) and repeated over the batch; the bilateral lattice covers the batch.
     """
     b, h, w, _ = images.shape
     dev = images.device
@@ -583,10 +574,13 @@ def build_pairwise(images: Tensor, params: CRFParams) -> LatticeFilter:
     pad = torch.arange(b, device=dev) if (h * w) % 4 else None
     feats = pixel_features(images, params.bilateral_sxy, params.bilateral_srgb)
     bilateral = build_lattice(feats, batch, b, pad)
-    norms = [_symmetric_norm(bilateral), grid_norm.repeat(b)]
-    compat = (_f32(params.bilateral_compat), _f32(params.gaussian_compat))
-    plain = LatticeFilter.build([bilateral, grid.repeat(b)])
-    return plain.scaled(norms, [n * c for n, c in zip(norms, compat, strict=True)])
+    terms = [
+        (grid.repeat(b), grid_norm.repeat(b), params.gaussian_compat),
+        (bilateral, _symmetric_norm(bilateral), params.bilateral_compat),
+    ]
+    return Pairwise(
+        [LatticeFilter.build(lat).scaled(n, n * _f32(compat)) for lat, n, compat in terms]
+    )
 
 
 def _softmax_(t: Tensor) -> Tensor:
@@ -601,25 +595,66 @@ def _softmax_(t: Tensor) -> Tensor:
     return t.div_(t.sum(1, keepdim=True))
 
 
-def mean_field(unary: Tensor, pairwise: LatticeFilter, iterations: int) -> Tensor:
+def mean_field(unary: Tensor, pairwise: Pairwise, iterations: int) -> Tensor:
     """densecrf ``inference``: unary float32 [P, K] (-log p) -> marginals Q float32 [P, K].
 
-    Q = softmax(-U), then ``iterations`` times Q = softmax(-U + pairwise(Q)); -U sits below
-    the lattice table so that the slice adds it (:meth:`LatticeFilter.slice_plus_identity`).
+    Q = softmax(-U), then ``iterations`` times Q = softmax(-U + pairwise(Q)). -U sits below
+    the first kernel's final vertex table so that its slice adds it
+    (:meth:`LatticeFilter.slice_plus_identity`). On CPU, results larger than ``_BLOCK_BYTES``
+    are written in row blocks into tables allocated once (Q is then overwritten in place).
     """
     neg = -unary
-    r = pairwise.n_rows
-    table = neg.new_empty(r + neg.shape[0], neg.shape[1])
-    table[r:] = neg
-    step = pairwise.slice_plus_identity()
+    p, k = neg.shape
+    rows = max(1, _BLOCK_BYTES // (4 * k)) if neg.device.type == "cpu" else max(p, 1)
+    plans = []
+    for i, f in enumerate(pairwise.filters):
+        final = neg.new_empty(f.n_rows + (p if i == 0 else 0), k)
+        other = neg.new_empty(f.n_rows, k) if f.n_rows > rows else None
+        ops = [f.splat, *f.blur]
+        plan = []
+        for j, op in enumerate(ops):
+            last = j == len(ops) - 1
+            # Blocked ops alternate tables so that the last one writes ``final``.
+            dst = (final, other)[(len(ops) - 1 - j) % 2] if op.n_rows > rows else None
+            plan.append((op.blocks(rows), final if last and i == 0 else dst))
+        plans.append(plan)
+    first = pairwise.filters[0]
+    table0 = plans[0][-1][1]
+    table0[first.n_rows :] = neg
+    slices = [first.slice_plus_identity().blocks(rows)]
+    slices += [f.slice.blocks(rows) for f in pairwise.filters[1:]]
     q = _softmax_(neg.clone())
     for _ in range(iterations):
-        pairwise.blurred(q, table)
-        q = _softmax_(step(table))
+        tables = [_run_plan(plan, q) for plan in plans]
+        if len(slices[0]) == 1:
+            q = _softmax_(_slice_sum(slices, tables, 0))
+            continue
+        for b, (r0, r1, _) in enumerate(slices[0]):
+            q[r0:r1] = _softmax_(_slice_sum(slices, tables, b))
     return q
 
 
-def kl_divergence(unary: Tensor, q: Tensor, pairwise: LatticeFilter) -> float:
+def _run_plan(plan: list[tuple[list, Tensor | None]], x: Tensor) -> Tensor:
+    """Splat and blur passes of one kernel: each op into its table (in blocks) or a new one."""
+    for blocks, dst in plan:
+        if dst is None:
+            x = blocks[0][2](x)
+            continue
+        for r0, r1, op in blocks:
+            dst[r0:r1] = op(x)
+        x = dst
+    return x
+
+
+def _slice_sum(slices: list[list], tables: list[Tensor], b: int) -> Tensor:
+    """Row block b of -U + sum_k slice_k(table_k): [rows, K]."""
+    t = slices[0][b][2](tables[0])
+    for blocks, table in zip(slices[1:], tables[1:], strict=True):
+        t += blocks[b][2](table)
+    return t
+
+
+def kl_divergence(unary: Tensor, q: Tensor, pairwise: Pairwise) -> float:
     """densecrf ``klDivergence`` (the mean-field energy): sum Q log Q + U Q - Q sum_k w_k K_k Q."""
     entropy = (q * torch.log(q.clamp_min(1e-20))).double().sum()
     return float(entropy + (unary * q).double().sum() - (q * pairwise(q)).double().sum())
@@ -636,17 +671,17 @@ def dense_crf_unary(images: Tensor, unary: Tensor, params: CRFParams) -> Tensor:
     """Mean field: images uint8 [B, H, W, 3], unary [B, K, H, W] (-log p) -> Q [B, K, H, W].
 
     Runs on the images' device: on CUDA the batch shares one lattice per kernel, on CPU it
-    goes ``CPU_IMAGES_PER_BATCH`` images at a time. When one batch's lattice keys need more than
-    62 bits (huge images with tiny sxy/srgb), the batch is split; a single such image raises
-    ValueError.
+    goes in groups of at most ``CPU_BATCH_PIXELS`` pixels (at least one image). When a batch's
+    lattice keys need more than 62 bits (huge images with tiny sxy/srgb), the batch is split;
+    a single such image raises ValueError.
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"CRF needs uint8 images [B, H, W, 3], got {images.dtype} {images.shape}")
     b, h, w, _ = images.shape
     if unary.ndim != 4 or unary.shape[0] != b or tuple(unary.shape[2:]) != (h, w):
         raise ValueError(f"unary must be [B, K, H, W] for images {tuple(images.shape)}")
-    if images.device.type == "cpu" and b > CPU_IMAGES_PER_BATCH:
-        n = CPU_IMAGES_PER_BATCH
+    n = max(1, CPU_BATCH_PIXELS // (h * w))
+    if images.device.type == "cpu" and b > n:
         parts = [(images[i : i + n], unary[i : i + n]) for i in range(0, b, n)]
         return torch.cat([dense_crf_unary(i, u, params) for i, u in parts])
     try:
