@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image
 from wsss.checkpoint import CheckpointError, load_classifier, load_deeplab
 from wsss.cli import main
 from wsss.constants import voc_palette
+from wsss.io import load_label_png
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {
@@ -62,6 +64,21 @@ def test_forcing_a_stage_reruns_it_and_later_ones(smoke_run):
     assert {"pseudo", "eval"} <= timings.keys()
 
 
+def test_torch_crf_pseudo_masks_agree_with_pydensecrf(smoke_run, tmp_path):
+    """``--set crf.impl=torch`` reruns the CRF stages with the PyTorch CRF: same masks."""
+    reference = {p.name: load_label_png(p) for p in (smoke_run / "pseudo").glob("*.png")}
+    run = tmp_path / "torch-crf"
+    shutil.copytree(smoke_run, run)
+    args = ["cam", "--preset", "smoke", "--out", str(run), "--quiet", "--stages", "pseudo"]
+    assert main([*args, "--force", "--set", "crf.impl=torch", "--set", "crf.device=cpu"]) == 0
+    assert json.loads((run / "config.json").read_text())["crf"]["impl"] == "torch"
+    agree = total = 0
+    for name, ref in reference.items():
+        ours = load_label_png(run / "pseudo" / name)
+        agree, total = agree + int((ours == ref).sum()), total + ref.size
+    assert reference and agree / total >= 0.99
+
+
 def _write_voc(root: Path, n: int = 12) -> None:
     """A tiny dataset in the PASCAL VOC 2012 layout with VOC's 21 classes."""
     rng = np.random.default_rng(0)
@@ -103,6 +120,7 @@ def test_voc_layout_smoke(tmp_path):
         (["cam", "--data", "voc"], "--data voc needs --root DIR"),
         (["cam", "--set", "cls.bogus=1"], "unknown config key 'cls.bogus'"),
         (["cam", "--stages", "cls,nope"], "unknown stage 'nope'"),
+        (["cam", "--set", "crf.impl=fast"], "unknown crf.impl 'fast'"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, capsys, tmp_path):

@@ -183,6 +183,10 @@ def test_crf_params_from_config():
     assert params.gaussian_sxy == CRF_PRESETS["psa"].gaussian_sxy
     with pytest.raises(ValueError, match="unknown CRF preset"):
         crf_params({"preset": "nope"})
+    torch_params = crf_params({"impl": "torch", "device": "cpu"})
+    assert (torch_params.impl, torch_params.device) == ("torch", "cpu")
+    with pytest.raises(ValueError, match="unknown CRF implementation"):
+        crf_params({"impl": "fast"})
 
 
 def test_refine_labels_runs_crf_at_network_resolution():
@@ -195,6 +199,8 @@ def test_refine_labels_runs_crf_at_network_resolution():
     np.testing.assert_allclose(refined, dense_crf(small, probs, CRF_PRESETS["deeplab"]))
     plain, _ = refine_labels(rgb, probs, None)
     np.testing.assert_array_equal(plain, upsample_argmax(probs, (60, 80)))
+    torch_labels, _ = refine_labels(rgb, probs, crf_params({"impl": "torch", "device": "cpu"}))
+    assert (torch_labels == labels).mean() >= 0.99
 
 
 def test_backend_parameter_helpers():

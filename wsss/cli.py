@@ -14,6 +14,7 @@ from wsss.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
+    crf_params,
 )
 
 DATASETS = {
@@ -91,6 +92,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     apply_overrides(cfg, args.overrides)
     if cfg.refine not in REFINE_MODES:
         raise ConfigError(f"refine must be one of {', '.join(REFINE_MODES)}, got {cfg.refine!r}")
+    crf_params(cfg.seg.crf_preset, cfg.crf)  # a bad crf.impl fails now, not after training
     return cfg
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wsss.refine.crf import CRF_PRESETS, CRFParams
+from wsss.refine.crf_select import CRF_IMPLS
 
 
 class ConfigError(ValueError):
@@ -169,6 +170,14 @@ class AffinityConfig:
 
 
 @dataclass
+class CRFConfig:
+    """Which dense CRF runs every CRF of the pipeline (pseudo masks, affinity labels, DeepLab)."""
+
+    impl: str = "pydensecrf"  # pydensecrf (pydensecrf2, the reference) | torch (crf_torch.py)
+    device: str = "auto"  # torch only: auto (CUDA when available) | cpu | cuda
+
+
+@dataclass
 class EvalConfig:
     n_figures: int = 6  # images shown in figures/
 
@@ -184,17 +193,23 @@ class RunConfig:
     seg: SegConfig = field(default_factory=SegConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
     refine: str = "none"  # none | affinity (AffinityNet random walk on the CAMs -> seg masks)
     method: Any = None  # the method's own dataclass (wsss.methods.<name>.Config)
     device: str = "auto"  # auto | cpu | cuda
 
 
-def crf_params(preset: str) -> CRFParams:
-    """Looks up a CRF preset by name; the error lists the known ones."""
+def crf_params(preset: str, engine: CRFConfig | None = None) -> CRFParams:
+    """A CRF preset by name, run by ``engine``'s implementation; the error lists the known ones."""
     try:
-        return CRF_PRESETS[preset]
+        params = CRF_PRESETS[preset]
     except KeyError:
         raise ConfigError(f"unknown CRF preset {preset!r}; known: {sorted(CRF_PRESETS)}") from None
+    if engine is None:
+        return params
+    if engine.impl not in CRF_IMPLS:
+        raise ConfigError(f"unknown crf.impl {engine.impl!r}; known: {list(CRF_IMPLS)}")
+    return replace(params, impl=engine.impl, device=engine.device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from wsss.constants import IGNORE_INDEX
-from wsss.refine.crf import CRFParams, dense_crf
+from wsss.refine.crf import CRFParams
+from wsss.refine.crf_select import dense_crf
 
 # psa imutils.crf_inference goes through pydensecrf ``unary_from_softmax`` (clip 1e-5).
 PSA_UNARY_CLIP = 1e-5

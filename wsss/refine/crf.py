@@ -21,6 +21,11 @@ class CRFParams:
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
     iterations: int = 10
+    # Who runs it (wsss.refine.crf_select): "pydensecrf" (pydensecrf2, the reference) or "torch"
+    # (wsss.refine.crf_torch, the same permutohedral filter in tensor ops) on ``device``
+    # ("auto": CUDA when available). The functions of this module always run pydensecrf2.
+    impl: str = "pydensecrf"
+    device: str = "auto"
 
 
 CRF_PRESETS: dict[str, CRFParams] = {

@@ -1,7 +1,10 @@
 """Dense CRF with a choice of implementation: ``pydensecrf`` (the reference) or ``torch``.
 
 The numpy functions have the signatures of :mod:`wsss.refine.crf` plus ``impl`` and ``device``
-and build the unary exactly as it does, so both implementations see the same float32 input.
+(default: the ``CRFParams``' own ``impl`` and ``device``, which ``--set crf.impl=torch`` sets for
+a whole run) and build the unary exactly as it does, so both implementations see the same
+float32 input. Every CRF of the pipeline (pseudo masks, AffinityNet labels, DeepLab
+post-processing) and the Triton ``densecrf`` model go through here.
 torch is imported only for ``impl="torch"``: with the default this module, like ``crf.py``,
 needs numpy and pydensecrf only (Triton Python backends import it).
 
@@ -24,6 +27,11 @@ if TYPE_CHECKING:
 
 CRF_IMPLS = ("pydensecrf", "torch")
 UNARY_CLIP = 1e-8  # crf.dense_crf: probabilities clipped at 1e-8 before -log
+
+
+def _pick(params: CRFParams, impl: str | None, device: str | None) -> tuple[str, str]:
+    """(impl, device): the arguments where given, else the params' own."""
+    return check_impl(impl or params.impl), device or params.device
 
 
 def check_impl(impl: str) -> str:
@@ -74,14 +82,15 @@ def dense_crf(
     image: np.ndarray,
     probs: np.ndarray,
     params: CRFParams,
-    impl: str = "pydensecrf",
-    device: str | None = "auto",
+    impl: str | None = None,
+    device: str | None = None,
 ) -> np.ndarray:
     """Refines class probabilities: image uint8 [H, W, 3], probs [K, H, W] -> probs [K, H, W].
 
     See :func:`wsss.refine.crf.dense_crf`; ``impl`` picks the implementation.
     """
-    if check_impl(impl) == "pydensecrf":
+    impl, device = _pick(params, impl, device)
+    if impl == "pydensecrf":
         return reference.dense_crf(image, probs, params)
     return _torch_crf(image[None], _unary_from_probs(probs)[None], params, device)[0]
 
@@ -92,14 +101,15 @@ def dense_crf_labels(
     n_labels: int,
     params: CRFParams,
     gt_prob: float = 0.7,
-    impl: str = "pydensecrf",
-    device: str | None = "auto",
+    impl: str | None = None,
+    device: str | None = None,
 ) -> np.ndarray:
     """Refines a hard label map: labels int [H, W] -> int [H, W] (IRN ``crf_inference_label``).
 
     See :func:`wsss.refine.crf.dense_crf_labels`; ``impl`` picks the implementation.
     """
-    if check_impl(impl) == "pydensecrf":
+    impl, device = _pick(params, impl, device)
+    if impl == "pydensecrf":
         return reference.dense_crf_labels(image, labels, n_labels, params, gt_prob)
     unary = _unary_from_labels(labels, n_labels, gt_prob)
     q = _torch_crf(image[None], unary[None], params, device)[0]
@@ -111,13 +121,15 @@ def dense_crf_batch(
     probs: np.ndarray,
     params: CRFParams,
     impl: str = "torch",
-    device: str | None = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """A batch: images uint8 [B, H, W, 3], probs [B, K, H, W] -> probs float32 [B, K, H, W].
 
-    ``torch`` refines the whole batch at once; ``pydensecrf`` loops over the images.
+    ``torch`` (the default here: batching is what it is for) refines the whole batch at once;
+    ``pydensecrf`` loops over the images.
     """
-    if check_impl(impl) == "pydensecrf":
+    impl, device = _pick(params, impl, device)
+    if impl == "pydensecrf":
         pairs = zip(images, probs, strict=True)
         return np.stack([reference.dense_crf(i, p, params) for i, p in pairs])
     return _torch_crf(images, _unary_from_probs(probs), params, device)

@@ -6,7 +6,8 @@ import numpy as np
 
 from wsss.cam import cams_to_labels
 from wsss.constants import IGNORE_INDEX
-from wsss.refine.crf import CRFParams, dense_crf_labels
+from wsss.refine.crf import CRFParams
+from wsss.refine.crf_select import dense_crf_labels
 
 
 def _refine(

@@ -196,7 +196,7 @@ def make_labels(ctx: Context, ids: list[str]) -> None:
     a = ctx.cfg.affinity
     if a.labels not in ("crf", "pseudo"):
         raise ConfigError(f"affinity.labels must be crf or pseudo, got {a.labels!r}")
-    crf = crf_params(a.crf_preset)
+    crf = crf_params(a.crf_preset, ctx.cfg.crf)
 
     def work(image_id: str, folder: Path) -> None:
         if a.labels == "pseudo":
@@ -290,7 +290,7 @@ def run_walk(ctx: Context) -> dict:
     model, _ = load_affinity_net(ctx.path(OUTPUT))
     model.to(ctx.device)
     ids = ctx.union_ids(ctx.cfg.data.train_split, ctx.cfg.data.seed_split)
-    crf = None if a.final_crf == "none" else crf_params(a.final_crf)
+    crf = None if a.final_crf == "none" else crf_params(a.final_crf, ctx.cfg.crf)
 
     def walk(image_id: str, folder: Path) -> None:
         image = ctx.source.load(image_id).image

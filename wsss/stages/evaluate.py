@@ -23,7 +23,7 @@ from wsss.io import atomic_write_json, load_label_png
 from wsss.logs import progress
 from wsss.metrics import SegmentationMeter
 from wsss.models.deeplab import predict_probs
-from wsss.refine.crf import dense_crf
+from wsss.refine.crf_select import dense_crf
 from wsss.refine.pseudo import pseudo_mask
 from wsss.stages import affinity
 from wsss.stages.cams import load_cams
@@ -51,7 +51,7 @@ def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
     thresholds = np.round(np.arange(*cam_cfg.sweep), 4)
     fixed, thresh, crf, written = (SegmentationMeter(names) for _ in range(4))
     sweep = [SegmentationMeter(names) for _ in thresholds]
-    crf_preset = crf_params(p.crf_preset)
+    crf_preset = crf_params(p.crf_preset, ctx.cfg.crf)
     ignored = total = 0
     regions = RegionCounter() if has_regions(ctx.source.root) else None
     for image_id in progress(ids, "eval seeds"):
@@ -136,7 +136,7 @@ def evaluate_deeplab(ctx: Context, checkpoint: str) -> dict:
     model, _ = load_deeplab(ctx.path(checkpoint))
     model.to(ctx.device)
     s = ctx.cfg.seg
-    crf = crf_params(s.crf_preset)
+    crf = crf_params(s.crf_preset, ctx.cfg.crf)
     plain, refined = SegmentationMeter(ctx.class_names), SegmentationMeter(ctx.class_names)
     for image_id in progress(ids, f"eval {checkpoint}"):
         sample = ctx.source.load(image_id)
@@ -155,7 +155,7 @@ def write_figures(ctx: Context) -> None:
     _cam_figure(ctx, ctx.ids(ctx.cfg.data.seed_split)[:n], folder / "cams.png", True)
     if ctx.path(DEEPLAB).exists():
         model, _ = load_deeplab(ctx.path(DEEPLAB))
-        crf = crf_params(ctx.cfg.seg.crf_preset)
+        crf = crf_params(ctx.cfg.seg.crf_preset, ctx.cfg.crf)
         rows = []
         for image_id in ctx.ids(ctx.cfg.data.val_split)[:n]:
             sample = ctx.source.load(image_id)

@@ -17,7 +17,7 @@ def run(ctx: Context) -> dict:
     cfg = ctx.cfg.pseudo
     if cfg.mode not in ("threshold", "crf"):
         raise ValueError(f"pseudo.mode must be threshold or crf, got {cfg.mode!r}")
-    crf = crf_params(cfg.crf_preset) if cfg.mode == "crf" else None
+    crf = crf_params(cfg.crf_preset, ctx.cfg.crf) if cfg.mode == "crf" else None
     ids = ctx.union_ids(ctx.cfg.data.train_split, ctx.cfg.data.seed_split)
 
     def work(image_id: str, folder: Path) -> None:

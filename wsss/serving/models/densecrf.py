@@ -1,12 +1,13 @@
 """``densecrf``: IMAGE uint8 [H, W, 3] + PROBS float32 [1, K, h, w] -> LABELS uint8 [H, W].
 
-Dense CRF (pydensecrf2, :func:`wsss.refine.crf.dense_crf`) at the network resolution (h, w),
-with the image resized to it, then the refined probabilities upsampled bilinearly to (H, W) and
-arg-maxed in row chunks. Config parameters: ``preset`` (a key of ``CRF_PRESETS``, default
-``deeplab``) and any :class:`~wsss.refine.crf.CRFParams` field overriding it (``iterations``,
-``bilateral_srgb``, ...). Request parameters: ``crf`` (default true; false = plain argmax of
-the network's probabilities) and ``probabilities`` (default false; true adds PROBABILITIES
-float32 [K, h, w], the maps LABELS is the argmax of).
+Dense CRF (:func:`wsss.refine.crf_select.dense_crf`) at the network resolution (h, w), with the
+image resized to it, then the refined probabilities upsampled bilinearly to (H, W) and arg-maxed
+in row chunks. Config parameters: ``preset`` (a key of ``CRF_PRESETS``, default ``deeplab``) and
+any :class:`~wsss.refine.crf.CRFParams` field overriding it: ``iterations``,
+``bilateral_srgb``, ..., ``impl`` (``pydensecrf``, the reference, or ``torch``) and ``device``.
+Request parameters: ``crf`` (default true; false = plain argmax of the network's probabilities)
+and ``probabilities`` (default false; true adds PROBABILITIES float32 [K, h, w], the maps LABELS
+is the argmax of).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from wsss.refine.crf import CRF_PRESETS, CRFParams, dense_crf
+from wsss.refine.crf import CRF_PRESETS, CRFParams
+from wsss.refine.crf_select import check_impl, dense_crf
 from wsss.serving.backend import PythonModel, RequestError, as_flag
 from wsss.serving.imaging import resize_rgb
 from wsss.serving.maps import upsample_argmax
@@ -29,10 +31,10 @@ def crf_params(parameters: dict[str, str]) -> CRFParams:
         raise ValueError(f"unknown CRF preset {preset!r}; known: {sorted(CRF_PRESETS)}")
     params = CRF_PRESETS[preset]
     overrides = {}
+    casts = {"iterations": int, "impl": check_impl, "device": str}
     for field in fields(CRFParams):
         if parameters.get(field.name):
-            cast = int if field.name == "iterations" else float
-            overrides[field.name] = cast(parameters[field.name])
+            overrides[field.name] = casts.get(field.name, float)(parameters[field.name])
     return replace(params, **overrides)
 
 
