@@ -1,6 +1,7 @@
 """End-to-end runs of ``train/run.py`` on the smoke preset, and the CLI's error contract."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -62,6 +63,15 @@ def test_forcing_a_stage_reruns_it_and_later_ones(smoke_run):
     assert main([*args, "--stages", "pseudo,eval", "--force"]) == 0
     timings = json.loads((smoke_run / "timings.json").read_text())
     assert {"pseudo", "eval"} <= timings.keys()
+
+
+def test_upper_bound_is_trained_once_and_shared(smoke_run, tmp_path, caplog):
+    run = tmp_path / "again"
+    args = ["cam", "--preset", "smoke", "--out", str(run), "--quiet", "--stages", "upper"]
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    assert (run / "upper_bound.pt").read_bytes() == (smoke_run / "upper_bound.pt").read_bytes()
+    assert "upper bound: reusing" in caplog.text
 
 
 def test_torch_crf_pseudo_masks_agree_with_pydensecrf(smoke_run, tmp_path):

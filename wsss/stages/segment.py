@@ -1,16 +1,28 @@
 """Stages seg and upper: DeepLab v2 on pseudo masks -> ``deeplab.pt``; on true masks (the fully
-supervised upper bound, when the training split has ground truth) -> ``upper_bound.pt``."""
+supervised upper bound, when the training split has ground truth) -> ``upper_bound.pt``.
+
+The upper bound does not depend on the method: it is trained once per (dataset, DeepLab config)
+and kept in ``$WSSS_CACHE/upper_bound/<key>.pt``; later runs of any method copy it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch.nn.functional as F
 
 from wsss import distributed
 from wsss.checkpoint import make_backbone, save_checkpoint
+from wsss.config import to_dict
 from wsss.constants import IGNORE_INDEX
+from wsss.data import default_cache_dir
 from wsss.data.loaders import SegmentationDataset
+from wsss.data.synthetic import GENERATOR_VERSION
 from wsss.models.deeplab import DeepLabV2
 from wsss.stages.affinity import WALK_OUTPUT
 from wsss.stages.context import Context
@@ -19,6 +31,10 @@ from wsss.trainer import train
 
 OUTPUT = "deeplab.pt"
 UPPER_BOUND = "upper_bound.pt"
+# SegConfig fields that do not change the trained network (inference and evaluation only).
+_NOT_TRAINING = ("test_scales", "test_flip", "crf_preset", "upper_bound", "upper_bound_epochs")
+
+log = logging.getLogger(__name__)
 
 
 def segmentation_loss(net, batch: dict, info) -> dict:
@@ -33,7 +49,7 @@ def mask_dir(ctx: Context) -> Path:
     return ctx.path(WALK_OUTPUT if ctx.cfg.refine == "affinity" else PSEUDO)
 
 
-def _train(ctx: Context, output: str, pseudo: bool) -> dict:
+def _train(ctx: Context, output: str, pseudo: bool, epochs: int) -> dict:
     cfg = ctx.cfg.seg
     model = DeepLabV2(make_backbone(cfg.backbone), len(ctx.class_names), cfg.aspp_rates)
     dataset = SegmentationDataset(
@@ -49,7 +65,7 @@ def _train(ctx: Context, output: str, pseudo: bool) -> dict:
         dataset,
         segmentation_loss,
         cfg.optim,
-        epochs=cfg.epochs,
+        epochs=epochs,
         batch_size=cfg.batch_size,
         device=ctx.device,
         state_path=state,
@@ -64,12 +80,37 @@ def _train(ctx: Context, output: str, pseudo: bool) -> dict:
 
 
 def run(ctx: Context) -> dict:
-    return _train(ctx, OUTPUT, pseudo=True)
+    return _train(ctx, OUTPUT, pseudo=True, epochs=ctx.cfg.seg.epochs)
 
 
 def upper_bound_wanted(ctx: Context) -> bool:
     return ctx.cfg.seg.upper_bound and ctx.source.has_masks(ctx.cfg.data.train_split)
 
 
+def upper_bound_cache(ctx: Context, epochs: int) -> Path:
+    """``$WSSS_CACHE/upper_bound/<key>.pt``: key = hash of the data and DeepLab training config."""
+    seg = {k: v for k, v in to_dict(ctx.cfg.seg).items() if k not in _NOT_TRAINING}
+    data = to_dict(replace(ctx.cfg.data, workers=0))
+    blob = json.dumps(
+        {"data": data, "generator": GENERATOR_VERSION, "seg": seg, "epochs": epochs},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return default_cache_dir() / "upper_bound" / f"{ctx.cfg.data.name}-{key}.pt"
+
+
 def run_upper_bound(ctx: Context) -> dict:
-    return _train(ctx, UPPER_BOUND, pseudo=False)
+    epochs = ctx.cfg.seg.upper_bound_epochs or ctx.cfg.seg.epochs
+    cached = upper_bound_cache(ctx, epochs)
+    if cached.exists():
+        log.info("upper bound: reusing %s (same data and DeepLab config)", cached)
+        if distributed.is_main():
+            shutil.copyfile(cached, ctx.path(UPPER_BOUND))
+        return {"cached": str(cached), "epochs": epochs}
+    result = _train(ctx, UPPER_BOUND, pseudo=False, epochs=epochs)
+    if distributed.is_main():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial")
+        shutil.copyfile(ctx.path(UPPER_BOUND), partial)
+        partial.replace(cached)
+    return {**result, "epochs": epochs}
