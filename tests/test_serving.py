@@ -582,6 +582,34 @@ def test_concurrent_requests(server, repository, reference):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_load_generator_four_clients(server, repository, protocol):
+    """4 concurrent clients x 25 requests with CRF: no errors, ordered percentiles."""
+    from wsss.serving.load import run_load
+
+    url = server.http_url if protocol == "http" else server.grpc_url
+    data = encode(photo(120, 160), "JPEG", quality=90)
+    model = f"{repository[1]}_segment"
+    result = run_load(url, protocol, model, data, clients=4, requests_per_client=25,
+                      outputs=["LABELS"])  # fmt: skip
+    latency = result["latency_ms"]
+    print(f"{protocol} {model} x4: {result['throughput_rps']:.1f} req/s, p50 {latency['p50']} "
+          f"p95 {latency['p95']} p99 {latency['p99']} ms")  # fmt: skip
+    assert result["errors"] == 0, result["error_messages"]
+    assert result["count"] == result["requests"] == 100
+    assert latency["min"] <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert result["throughput_rps"] > 0 and result["wall_s"] > 0
+
+
+def test_load_generator_counts_errors(server, repository):
+    from wsss.serving.load import run_load
+
+    result = run_load(server.http_url, "http", f"{repository[1]}_segment", b"not an image", 2, 2)
+    assert (result["count"], result["errors"]) == (0, 4)
+    assert "not an image" in result["error_messages"][0]
+    assert result["latency_ms"]["p50"] is None
+
+
 # --------------------------------------------------------------------------- client CLI
 
 
