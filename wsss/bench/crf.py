@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wsss.bench.common import fmt, markdown_table
+
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 PRESETS = ("deeplab", "psa")
 
@@ -359,6 +361,154 @@ def quality_on_run(run_dir: Path, max_images: int, device: str, say) -> dict:
         }
         say(f"deeplab + crf: {result['deeplab']}")
     return result
+
+
+# ``python -m wsss.bench --only crf``: sizes, iterations and repeats that fit in 20 minutes on a
+# 2-core CPU; the standalone CLI below takes any.
+SECTION_SIZES, SECTION_ITERATIONS, SECTION_REPEATS, SECTION_BATCH = (256, 500, 1024), (5, 10), 3, 4
+
+
+def section(out_dir: Path, say: Callable[[str], None]) -> dict:
+    """Both implementations side by side on this machine (and on CUDA when present)."""
+    import torch
+
+    torch.set_num_threads(1)  # pydensecrf2 runs on one core; so does the torch CPU row
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results: dict = {"labels": 21, "batch": SECTION_BATCH, "devices": {}}
+    for device in devices:
+        rows = speed_rows(
+            device,
+            list(SECTION_SIZES),
+            list(SECTION_ITERATIONS),
+            ["deeplab"],
+            21,
+            SECTION_BATCH,
+            SECTION_REPEATS,
+            say,
+        )
+        add_speedups(rows, results["devices"].get("cpu", {}).get("rows"), SECTION_BATCH)
+        name = torch.cuda.get_device_name() if device == "cuda" else "cpu, 1 thread"
+        results["devices"][device] = {
+            "name": name,
+            "rows": rows,
+            "profile": profile_torch(device, 500, 21, "deeplab", 3),
+        }
+    run = out_dir / "runs" / "cam"
+    if (run / "deeplab.pt").exists():
+        results["quality"] = quality_on_run(run, 200, devices[-1], say)
+    return results
+
+
+def markdown(results: dict) -> str:
+    """Time per image (median wall ms) of both implementations; agreement; mIoU with each."""
+    b = results["batch"]
+    parts = []
+    for entry in results["devices"].values():
+        rows = []
+        for r in entry["rows"]:
+            pyd = r.get("pydensecrf", {}).get("wall", {}).get("median_ms")
+            speed = r.get("speedup", {})
+            rows.append(
+                [
+                    r["size"],
+                    str(r["iterations"]),
+                    fmt(pyd, 0),
+                    fmt(r["torch_b1"]["wall"]["median_ms"], 0),
+                    fmt(r[f"torch_b{b}"]["wall"]["median_ms"], 0),
+                    fmt(speed.get("torch_b1", {}).get("wall"), 2),
+                    fmt(speed.get(f"torch_b{b}", {}).get("wall"), 2),
+                    fmt(r.get("label_agreement_pct"), 2),
+                ]
+            )
+        header = [
+            "image",
+            "iterations",
+            "pydensecrf2 ms",
+            "torch ms",
+            f"torch ms/img (batch {b})",
+            "speedup",
+            f"speedup (batch {b})",
+            "label agreement %",
+        ]
+        parts.append(
+            f"Dense CRF, `deeplab` preset, 21 labels, on {entry['name']}:\n\n"
+            + markdown_table(header, rows)
+        )
+        prof = entry["profile"]
+        prof_rows = [[k, fmt(v, 1)] for k, v in prof["median_ms"].items()]
+        parts.append(
+            f"Where the torch time goes ({prof['size']}, {prof['clock']}):\n\n"
+            + markdown_table(["part", "ms"], prof_rows)
+        )
+    q = results.get("quality")
+    if q:
+        rows = []
+        if "pseudo" in q:
+            m = q["pseudo"]
+            rows.append(
+                [
+                    f"CRF pseudo masks ({m['images']} seed images)",
+                    fmt(m["miou_crf_pct"]["pydensecrf"], 2),
+                    fmt(m["miou_crf_pct"]["torch"], 2),
+                    fmt(m["mask_agreement_pct"], 2),
+                ]
+            )
+        if "deeplab" in q:
+            m = q["deeplab"]
+            rows.append(
+                [
+                    f"DeepLab + CRF ({m['images']} val images)",
+                    fmt(m["miou_crf_pct"]["pydensecrf"], 2),
+                    fmt(m["miou_crf_pct"]["torch"], 2),
+                    fmt(m["label_agreement_pct"], 2),
+                ]
+            )
+        parts.append(
+            "mIoU on the built-in benchmark (the quality section's `cam` run):\n\n"
+            + markdown_table(["", "pydensecrf2", "torch", "pixels agreeing %"], rows)
+        )
+    return "\n".join(parts)
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Time per image against image size, both implementations, 10 iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    b = results["batch"]
+    for device, entry in results["devices"].items():
+        rows = [r for r in entry["rows"] if r["iterations"] == 10]
+        pixels = [r["long_side"] for r in rows]
+        if device == "cpu":
+            ax.plot(
+                pixels,
+                [r["pydensecrf"]["wall"]["median_ms"] for r in rows],
+                "o-",
+                label="pydensecrf2 (1 core)",
+            )
+        ax.plot(
+            pixels,
+            [r["torch_b1"]["wall"]["median_ms"] for r in rows],
+            "s-",
+            label=f"torch, {device}",
+        )
+        ax.plot(
+            pixels,
+            [r[f"torch_b{b}"]["wall"]["median_ms"] for r in rows],
+            "^--",
+            label=f"torch, {device}, batch {b} (per image)",
+        )
+    ax.set_xlabel("long side (px, 4:3)")
+    ax.set_ylabel("ms per image (10 iterations)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

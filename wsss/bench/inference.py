@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wsss.bench.common import fmt, markdown_table
+
 # ONNX Runtime is expected to take at most this share of PyTorch's time (env-probe: ~0.7x).
 EXPECTED_RATIO = 0.8
 
@@ -134,6 +136,75 @@ def run_benchmark(
         },
         "results": results,
     }
+
+
+def reference_run(out_dir: Path, say: Callable[[str], None]) -> Path:
+    """The quality section's ``cam`` run, else a fresh one with the default networks.
+
+    Timings depend on the architecture, not the weights: without a finished benchmark run, the
+    default preset's networks are trained for one epoch on 16 images (a minute).
+    """
+    run = out_dir / "runs" / "cam"
+    if (run / "classifier.pt").exists() and (run / "deeplab.pt").exists():
+        return run
+    from wsss.cli import main
+
+    run = out_dir / "runs" / "inference-cam"
+    say(f"inference: no benchmark run; training default networks briefly into {run}")
+    args = [
+        "cam",
+        "--preset",
+        "default",
+        "--out",
+        str(run),
+        "--quiet",
+        "--stages",
+        "cls,cam,pseudo,seg",
+    ]
+    sets = ["data.max_images=16", "cls.epochs=1", "seg.epochs=1"]
+    if main([*args, *(x for item in sets for x in ("--set", item))]) != 0:
+        raise RuntimeError("training the inference benchmark's networks failed")
+    return run
+
+
+def section(out_dir: Path, say: Callable[[str], None]) -> dict:
+    """Both networks, batch 1 and 4, 321 and 513 px; 2 threads for both runtimes."""
+    threads = min(os.cpu_count() or 1, 2)
+    return run_benchmark(reference_run(out_dir, say), [321, 513], [1, 4], 10, 2, threads, say)
+
+
+def markdown(results: dict) -> str:
+    """Median and p95 ms per call, PyTorch eager beside ONNX Runtime, and their ratio."""
+    rows = []
+    for r in results["results"]:
+        b, _, h, w = r["input_shape"]
+        pt, ort = r["pytorch"], r["onnxruntime"]
+        rows.append(
+            [
+                f"{r['network']} ({r['backbone']})",
+                f"{b} x {h} x {w}",
+                fmt(pt["median_ms"], 0),
+                fmt(pt["p95_ms"], 0),
+                fmt(ort["median_ms"], 0),
+                fmt(ort["p95_ms"], 0),
+                fmt(r["ratio_ort_over_pytorch"], 2),
+            ]
+        )
+    header = [
+        "network",
+        "batch x size",
+        "PyTorch median ms",
+        "PyTorch p95",
+        "ORT median ms",
+        "ORT p95",
+        "ORT / PyTorch",
+    ]
+    env = results["environment"]
+    note = (
+        f"{results['repeats']} interleaved runs per cell after {results['warmup']} warm-up "
+        f"runs, {env['threads']} intra-op threads for both runtimes.\n\n"
+    )
+    return note + markdown_table(header, rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,51 @@
+"""Helpers shared by the benchmark sections: the machine description and Markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+Say = Callable[[str], None]
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a table: fixed digits, an en dash when missing."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table; the first column left-aligned, the others right-aligned."""
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), cpu)
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def describe(info: dict) -> str:
+    """One line naming the machine: ``2 x Intel ... (2 cores), torch 2.13.0``."""
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    return f"{info['cpu']} ({info['cpu_count']} cores){gpu}, torch {info['torch']}"

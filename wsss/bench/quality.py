@@ -1,0 +1,165 @@
+"""Quality section: every method on the built-in benchmark, ``default`` preset.
+
+Per method, one run of the whole pipeline (``runs/<method>``: seeds, pseudo masks, DeepLab,
+the shared fully supervised upper bound) and one AffinityNet refinement of the same CAMs
+(``runs/<method>+affinity``: stages affinity, walk and eval on links to the first run's
+classifier, CAMs and pseudo masks), whose random-walk masks give the "+AffinityNet" pseudo-mask
+column. Runs are resumable: an interrupted section picks up at the stage it stopped in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from wsss.bench.common import Say, fmt, markdown_table
+
+METHODS = ("cam", "ktse", "fbr", "cpn", "ecs", "eps")
+# Shared with the first run: the classifier and everything the affinity stages read.
+AFFINITY_INPUTS = ("classifier.pt", "cams", "pseudo")
+COLUMNS = (
+    ("seed_miou", "seed"),
+    ("seed_miou_best_gt_assisted", "seed (best t, GT)"),
+    ("pseudo_miou_threshold", "pseudo: threshold"),
+    ("pseudo_miou_crf", "pseudo: CRF"),
+    ("pseudo_miou", "pseudo: CRF + ignore"),
+    ("pseudo_miou_affinity", "pseudo: +AffinityNet"),
+    ("seg_miou", "DeepLab"),
+    ("seg_crf_miou", "DeepLab + CRF"),
+)
+
+
+def _run(args: list[str]) -> None:
+    from wsss.cli import main
+
+    if main([*args, "--quiet"]) != 0:
+        raise RuntimeError(f"train/run.py {' '.join(args)} failed")
+
+
+def run_method(method: str, runs: Path, preset: str, say: Say) -> dict:
+    """Trains and scores ``method``; returns its report plus the AffinityNet columns."""
+    out, refined = runs / method, runs / f"{method}+affinity"
+    start = time.perf_counter()
+    say(f"quality: {method} -> {out}")
+    _run([method, "--preset", preset, "--out", str(out)])
+    refined.mkdir(parents=True, exist_ok=True)
+    for name in AFFINITY_INPUTS:
+        link = refined / name
+        if not link.exists():
+            link.symlink_to((out / name).resolve())
+    say(f"quality: {method} + AffinityNet -> {refined}")
+    _run(
+        [
+            method,
+            "--preset",
+            preset,
+            "--out",
+            str(refined),
+            "--refine",
+            "affinity",
+            "--stages",
+            "affinity,walk,eval",
+        ]
+    )
+    report = json.loads((out / "report.json").read_text())
+    walked = json.loads((refined / "report.json").read_text())
+    for key in ("pseudo_miou_affinity", "pseudo_miou_affinity_best_gt_assisted"):
+        report[key] = walked.get(key)
+    report["per_class_iou"]["pseudo_affinity"] = walked["per_class_iou"].get("pseudo_affinity")
+    for stage in ("affinity", "walk"):
+        report["stage_seconds"][stage] = walked["stage_seconds"].get(stage)
+    report["section_seconds"] = round(time.perf_counter() - start, 1)
+    return report
+
+
+def section(
+    out_dir: Path, say: Say, methods: tuple[str, ...] = METHODS, preset: str = "default"
+) -> dict:
+    """Runs every method; JSON-ready results keyed by method."""
+    runs = out_dir / "runs"
+    reports = {m: run_method(m, runs, preset, say) for m in methods}
+    return {"preset": preset, "runs": str(runs), "methods": reports}
+
+
+def _row(name: str, report: dict) -> list[str]:
+    supervision = report.get("supervision", "I")
+    label = name if supervision == "I" else f"{name} ({supervision})"
+    return [label, *(fmt(report.get(key)) for key, _ in COLUMNS)]
+
+
+def markdown(results: dict) -> str:
+    """The results table (with the upper bound), per-class IoU and stage times."""
+    reports = results["methods"]
+    if not reports:
+        return "_no quality results_\n"
+    header = ["method", *(title for _, title in COLUMNS)]
+    rows = [_row(name, r) for name, r in reports.items()]
+    first = next(iter(reports.values()))
+    upper = [
+        "upper bound (true masks)",
+        *[""] * 6,
+        fmt(first.get("upper_bound_miou")),
+        fmt(first.get("upper_bound_crf_miou")),
+    ]
+    parts = [markdown_table(header, [*rows, upper])]
+    names = first["class_names"]
+    per_class = [
+        [name, *(fmt(r["per_class_iou"]["seed"].get(c)) for c in names)]
+        for name, r in reports.items()
+    ]
+    parts.append("Seed IoU per class (%):\n\n" + markdown_table(["method", *names], per_class))
+    per_class = [
+        [name, *(fmt(r["per_class_iou"].get("seg", {}).get(c)) for c in names)]
+        for name, r in reports.items()
+    ]
+    parts.append("DeepLab IoU per class (%):\n\n" + markdown_table(["method", *names], per_class))
+    stages = ("cls", "cam", "pseudo", "affinity", "walk", "seg", "upper", "eval")
+    times = [
+        [
+            name,
+            *(fmt(r["stage_seconds"].get(s), 0) for s in stages),
+            fmt(r.get("section_seconds"), 0),
+        ]
+        for name, r in reports.items()
+    ]
+    parts.append(
+        "Wall time per stage (s; `upper` is trained once and shared):\n\n"
+        + markdown_table(["method", *stages, "total"], times)
+    )
+    return "\n".join(parts)
+
+
+def plot(results: dict, path: Path) -> Path:
+    """A grouped bar chart: seed, pseudo mask and DeepLab mIoU per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    reports = results["methods"]
+    keys = (
+        ("seed_miou", "seed"),
+        ("pseudo_miou_crf", "pseudo (CRF)"),
+        ("pseudo_miou_affinity", "pseudo (+AffinityNet)"),
+        ("seg_crf_miou", "DeepLab + CRF"),
+    )
+    names = list(reports)
+    x = np.arange(len(names))
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.6))
+    for i, (key, label) in enumerate(keys):
+        values = [reports[n].get(key) or 0.0 for n in names]
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, values, width, label=label)
+    upper = next(iter(reports.values())).get("upper_bound_crf_miou")
+    if upper:
+        ax.axhline(upper, color="k", ls="--", lw=1, label="upper bound + CRF")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("mIoU (%)")
+    ax.legend(fontsize=7, ncol=3, loc="upper left")
+    ax.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
