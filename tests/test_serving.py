@@ -610,6 +610,46 @@ def test_load_generator_counts_errors(server, repository):
     assert result["latency_ms"]["p50"] is None
 
 
+def test_bench_serving_stage_times_name_the_slowest_stage(tmp_path):
+    """Statistics deltas -> ms per request per stage; the slowest stage and its share reported."""
+    from wsss.bench import serving
+
+    stages = ["decode", "preprocess", "m_deeplab", "densecrf"]
+    before = {name: {"success": (5, 10**9), "queue": (5, 0)} for name in [*stages, "m_segment"]}
+    after = {
+        name: {
+            "success": (9, 10**9 + 4 * ms * 10**6),
+            "queue": (9, 4 * 10**6),
+            "compute_infer": (4, 4 * (ms - 1) * 10**6),
+        }
+        for name, ms in zip([*stages, "m_segment"], (5, 2, 100, 700, 810), strict=True)
+    }
+    times = serving.stage_times(before, after, "m_segment", stages)
+    assert times["server_ms"] == 810.0
+    assert times["stages"]["densecrf"] == {
+        "requests": 4, "queue_ms": 1.0, "compute_ms": 699.0, "total_ms": 700.0
+    }  # fmt: skip
+    lat = {"p50": 830.0, "p95": 900.0, "p99": 950.0, "mean": 875.0, "min": 800.0, "max": 960.0}
+    cells = []
+    for key in ("cam", "segment", "segment_no_crf"):
+        for protocol in serving.PROTOCOLS:
+            for clients in serving.CONCURRENCY:
+                cell = {"endpoint": key, "model": "m_segment", "protocol": protocol,
+                        "clients": clients, "requests": 8, "count": 8, "errors": 0,
+                        "throughput_rps": 1.2, "latency_ms": lat, **times}  # fmt: skip
+                cell["slowest"] = serving.slowest(cell)
+                cells.append(cell)
+    top = serving.headline(cells)
+    assert (top["stage"], top["share"], top["protocol"]) == ("densecrf", 0.8, "http")
+    results = {"method": "m", "run_origin": "smoke run", "concurrency": [1, 2, 4],
+               "image": {"name": "astronaut", "size": [512, 512], "bytes": 65000},
+               "load_average": [1.0, 1.5], "cells": cells, "slowest_stage": top}  # fmt: skip
+    text = serving.markdown(results)
+    assert "densecrf, 700 ms = 80% of the 875 ms end-to-end latency" in text
+    assert text.count("| `m_segment` (CRF) |") == 6
+    assert serving.plot(results, tmp_path / "serving.png").stat().st_size > 0
+
+
 # --------------------------------------------------------------------------- client CLI
 
 

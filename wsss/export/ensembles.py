@@ -29,6 +29,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,6 +284,22 @@ def write_all(repository: str | Path) -> list[str]:
     return [
         name for m in exported_methods(Path(repository)) for name in write_method(repository, m)
     ]
+
+
+def repository_from_run(
+    run_dir: str | Path, repository: str | Path, say: Callable[[str], None] = print
+) -> str:
+    """A servable repository from a run: shared models, ONNX export (parity-checked), ensembles.
+
+    Returns the method name (``<method>_cam`` / ``<method>_segment`` are its endpoints).
+    """
+    from wsss.export.onnx import export_run
+
+    repository = Path(repository)
+    copy_shared_models(repository)
+    exported = export_run(Path(run_dir), repository, say=say)
+    write_all(repository)
+    return exported[0].name.removesuffix(CAM_NET).removesuffix(DEEPLAB)
 
 
 def main(argv: list[str] | None = None) -> int:
