@@ -30,6 +30,14 @@ COLUMNS = (
 )
 
 
+DIAGNOSTICS = (
+    ("fg_rate_on_context", "fg on co-occurring context"),
+    ("fg_rate_on_plain_background", "fg on other background"),
+    ("recall_on_parts", "recall on distinctive parts"),
+    ("recall_on_bodies", "recall on object bodies"),
+)
+
+
 def _run(args: list[str]) -> None:
     from wsss.cli import main
 
@@ -73,13 +81,54 @@ def run_method(method: str, runs: Path, preset: str, say: Say) -> dict:
     return report
 
 
+# KTSE's Table 6: each module alone on the KTSE network, and all three (the main ktse run).
+KTSE_ABLATION = {
+    "baseline": ("use_sie=false", "use_ssr=false", "use_mga=false"),
+    "+SIE": ("use_sie=true", "use_ssr=false", "use_mga=false"),
+    "+SSR": ("use_sie=false", "use_ssr=true", "use_mga=false"),
+    "+MGA": ("use_sie=false", "use_ssr=false", "use_mga=true"),
+}
+ABLATION_KEYS = ("seed_miou", "seed_miou_best_gt_assisted", "pseudo_miou_crf", "pseudo_miou")
+
+
+def ktse_ablation(runs: Path, preset: str, say: Say) -> dict:
+    """Seeds and pseudo masks of KTSE with one module at a time (no DeepLab)."""
+    rows = {}
+    for name, switches in KTSE_ABLATION.items():
+        out = runs / "ktse-ablation" / name.strip("+").lower()
+        say(f"quality: KTSE ablation {name} -> {out}")
+        sets = [x for switch in switches for x in ("--set", f"method.{switch}")]
+        _run(
+            [
+                "ktse",
+                "--preset",
+                preset,
+                "--out",
+                str(out),
+                "--stages",
+                "cls,cam,pseudo,eval",
+                "--set",
+                "seg.upper_bound=false",
+                *sets,
+            ]
+        )
+        report = json.loads((out / "report.json").read_text())
+        rows[name] = {key: report.get(key) for key in ABLATION_KEYS}
+    return rows
+
+
 def section(
     out_dir: Path, say: Say, methods: tuple[str, ...] = METHODS, preset: str = "default"
 ) -> dict:
     """Runs every method; JSON-ready results keyed by method."""
     runs = out_dir / "runs"
     reports = {m: run_method(m, runs, preset, say) for m in methods}
-    return {"preset": preset, "runs": str(runs), "methods": reports}
+    results = {"preset": preset, "runs": str(runs), "methods": reports}
+    if "ktse" in reports:
+        ablation = ktse_ablation(runs, preset, say)
+        ablation["all"] = {key: reports["ktse"].get(key) for key in ABLATION_KEYS}
+        results["ktse_ablation"] = ablation
+    return results
 
 
 def _row(name: str, report: dict) -> list[str]:
@@ -114,6 +163,24 @@ def markdown(results: dict) -> str:
         for name, r in reports.items()
     ]
     parts.append("DeepLab IoU per class (%):\n\n" + markdown_table(["method", *names], per_class))
+    diagnostics = [
+        [name, *(fmt(r.get("seed_diagnostics", {}).get(key)) for key, _ in DIAGNOSTICS)]
+        for name, r in reports.items()
+    ]
+    parts.append(
+        "What the benchmark is built to show, on the seeds (% of pixels; from its `Context/` "
+        "region maps):\n\n" + markdown_table(["method", *(t for _, t in DIAGNOSTICS)], diagnostics)
+    )
+    if "ktse_ablation" in results:
+        rows = [
+            [name, *(fmt(r.get(k)) for k in ABLATION_KEYS)]
+            for name, r in results["ktse_ablation"].items()
+        ]
+        titles = dict(COLUMNS)
+        parts.append(
+            "KTSE ablation (its Table 6; seeds and pseudo masks, mIoU %):\n\n"
+            + markdown_table(["KTSE", *(titles[k] for k in ABLATION_KEYS)], rows)
+        )
     stages = ("cls", "cam", "pseudo", "affinity", "walk", "seg", "upper", "eval")
     times = [
         [
