@@ -20,6 +20,8 @@ def test_demo_trains_exports_serves_and_writes_the_overlay(tmp_path, cache_dir, 
     photo = np.asarray(Image.open(out / "chelsea.jpg"))
     assert Image.open(overlay).size == (451, 300) and photo.shape == (300, 451, 3)
     assert np.asarray(Image.open(out / "chelsea_mask.png")).shape == (300, 451)
+    (benchmark,) = out.glob("benchmark_*_overlay.png")
+    assert f"demo: benchmark image overlay: {benchmark}" in printed
     demo.ensure_run(run, "smoke", quiet=True)  # trained: no second training
     assert capfd.readouterr().out == f"demo: using the trained run {run}\n"
 

@@ -9,7 +9,9 @@
    models and the ensembles;
 3. starts the local Triton server on free loopback ports;
 4. writes scikit-image's bundled photo ``chelsea`` to ``OUT/chelsea.jpg`` and segments it with
-   ``client/segment.py`` (mask and overlay PNGs in ``OUT``);
+   ``client/segment.py`` (mask and overlay PNGs in ``OUT``), together with one validation image
+   of the benchmark the run was trained on (the networks only know the benchmark's classes: the
+   real photo shows the served path, the benchmark image what the model learnt);
 5. stops the server and prints where the overlay is.
 """
 
@@ -53,9 +55,33 @@ def ensure_run(run: Path, preset: str, quiet: bool) -> None:
         raise RuntimeError(f"training into {run} failed")
 
 
-def segment_photo(server, photo: Path, out: Path, crf: bool) -> int:
-    """Runs ``client/segment.py`` on ``photo`` against ``server``; returns its exit status."""
-    command = [sys.executable, str(CLIENT), str(photo), "--url", server.http_url, "--out", str(out)]
+def benchmark_image(run: Path, out: Path) -> Path:
+    """The first validation image of the run's dataset, copied to ``out`` as a JPEG file."""
+    import json
+    import shutil
+
+    from wsss.config import RunConfig, from_dict
+    from wsss.pipeline import make_context
+
+    cfg = from_dict(RunConfig, json.loads((run / "config.json").read_text()))
+    ctx = make_context(cfg, run)
+    image_id = ctx.ids(cfg.data.val_split)[0]
+    target = out / f"benchmark_{image_id}.jpg"
+    shutil.copyfile(ctx.source.root / "JPEGImages" / f"{image_id}.jpg", target)
+    return target
+
+
+def segment_photo(server, photos: list[Path], out: Path, crf: bool) -> int:
+    """Runs ``client/segment.py`` on ``photos`` against ``server``; returns its exit status."""
+    command = [
+        sys.executable,
+        str(CLIENT),
+        *map(str, photos),
+        "--url",
+        server.http_url,
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run(command + ([] if crf else ["--no-crf"]), env=env).returncode
 
@@ -72,13 +98,15 @@ def run_demo(
     method = repository_from_run(run, repository, say=lambda line: None)
     print(f"demo: exported {method} to {repository}", flush=True)
     photo = write_photo(out / f"{PHOTO}.jpg")
+    benchmark = benchmark_image(run, out)
     with TritonServer(repository, 0, 0, 0) as server:
         print(f"demo: Triton ready on HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
-        status = segment_photo(server, photo, out, crf)
+        status = segment_photo(server, [photo, benchmark], out, crf)
     overlay = out / f"{photo.stem}_overlay.png"
     if status != 0 or not overlay.is_file():
         raise RuntimeError(f"client/segment.py failed (exit status {status})")
     print(f"demo: overlay written to {overlay}", flush=True)
+    print(f"demo: benchmark image overlay: {out / f'{benchmark.stem}_overlay.png'}", flush=True)
     return overlay
 
 
