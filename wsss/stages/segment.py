@@ -32,7 +32,15 @@ from wsss.trainer import train
 OUTPUT = "deeplab.pt"
 UPPER_BOUND = "upper_bound.pt"
 # SegConfig fields that do not change the trained network (inference and evaluation only).
-_NOT_TRAINING = ("test_scales", "test_flip", "crf_preset", "upper_bound", "upper_bound_epochs")
+# ``epochs`` too: the upper bound's own count is part of the key.
+_NOT_TRAINING = (
+    "test_scales",
+    "test_flip",
+    "crf_preset",
+    "upper_bound",
+    "upper_bound_epochs",
+    "epochs",
+)
 
 log = logging.getLogger(__name__)
 
