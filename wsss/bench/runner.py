@@ -64,10 +64,12 @@ def section_markdown(name: str, entry: dict, out_dir: Path) -> str:
     """A section's tables with the line saying where and when they were measured."""
     module = importlib.import_module(f"wsss.bench.{name}")
     when = entry["measured"].replace("T", " ")[:16]
-    minutes = entry["seconds"] / 60
+    took = f"{entry['seconds'] / 60:.0f} min"
+    if hasattr(module, "compute_seconds"):  # resumable sections: the stage time of all runs
+        took = f"{module.compute_seconds(entry['results']) / 60:.0f} min of stage time"
     head = (
         f"_Measured {when} on {describe(entry['machine'])}, "
-        f"`python -m wsss.bench --only {name}` ({minutes:.0f} min)._\n\n"
+        f"`python -m wsss.bench --only {name}` ({took})._\n\n"
     )
     body = module.markdown(entry["results"])
     if hasattr(module, "plot"):
