@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "client" / "segment.py"
 PHOTO = "chelsea"
@@ -55,8 +57,15 @@ def ensure_run(run: Path, preset: str, quiet: bool) -> None:
         raise RuntimeError(f"training into {run} failed")
 
 
+def _largest_object_share(mask) -> float:
+    """Share of the pixels taken by the largest class; mask uint8 [H, W] (0 bg, 255 ignore)."""
+    counts = np.bincount(mask[(mask > 0) & (mask != 255)], minlength=2)
+    return float(counts.max() / mask.size)
+
+
 def benchmark_image(run: Path, out: Path) -> Path:
-    """The first validation image of the run's dataset, copied to ``out`` as a JPEG file."""
+    """A validation image of the run's dataset with a large object (the first where one class
+    covers at least 20 % of the image, else the first), copied to ``out`` as a JPEG file."""
     import json
     import shutil
 
@@ -65,7 +74,10 @@ def benchmark_image(run: Path, out: Path) -> Path:
 
     cfg = from_dict(RunConfig, json.loads((run / "config.json").read_text()))
     ctx = make_context(cfg, run)
-    image_id = ctx.ids(cfg.data.val_split)[0]
+    ids = ctx.ids(cfg.data.val_split)
+    image_id = next(
+        (i for i in ids[:50] if _largest_object_share(ctx.source.load(i).mask) >= 0.2), ids[0]
+    )
     target = out / f"benchmark_{image_id}.jpg"
     shutil.copyfile(ctx.source.root / "JPEGImages" / f"{image_id}.jpg", target)
     return target
