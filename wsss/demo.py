@@ -66,15 +66,12 @@ def _largest_object_share(mask) -> float:
 def benchmark_image(run: Path, out: Path) -> Path:
     """A validation image of the run's dataset with a large object (the first where one class
     covers at least 20 % of the image, else the first), copied to ``out`` as a JPEG file."""
-    import json
     import shutil
 
-    from wsss.config import RunConfig, from_dict
-    from wsss.pipeline import make_context
+    from wsss.pipeline import load_context
 
-    cfg = from_dict(RunConfig, json.loads((run / "config.json").read_text()))
-    ctx = make_context(cfg, run)
-    ids = ctx.ids(cfg.data.val_split)
+    ctx = load_context(run)
+    ids = ctx.ids(ctx.cfg.data.val_split)
     image_id = next(
         (i for i in ids[:50] if _largest_object_share(ctx.source.load(i).mask) >= 0.2), ids[0]
     )

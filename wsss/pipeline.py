@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsss import distributed
-from wsss.config import RunConfig, to_dict
+from wsss.config import RunConfig, from_dict, to_dict
 from wsss.data import build_source
 from wsss.data.synthetic import SyntheticConfig
 from wsss.io import atomic_write_json
@@ -79,6 +79,11 @@ def make_context(cfg: RunConfig, out: Path) -> Context:
     source = build_source(d.name, d.root, synthetic=synthetic)
     method = get_method(cfg.method_name)(cfg.method)
     return Context(cfg=cfg, out=out, source=source, method=method)
+
+
+def load_context(out: Path) -> Context:
+    """The context of an existing run directory, from its ``config.json``."""
+    return make_context(from_dict(RunConfig, json.loads((out / "config.json").read_text())), out)
 
 
 def _record_time(out: Path, stage: str, seconds: float) -> dict:

@@ -210,14 +210,14 @@ def profile_torch(device: str, size: int, labels: int, preset: str, repeats: int
     import torch
 
     from wsss.refine import crf_torch
-    from wsss.refine.crf import CRF_PRESETS
+    from wsss.refine.crf import CRF_PRESETS, UNARY_CLIP
 
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     images, probs = bench_inputs(size, 1, labels)
     x, p = torch.from_numpy(images).to(dev), torch.from_numpy(probs).to(dev)
     params = CRF_PRESETS[preset]
-    unary = crf_torch._pixel_major(-torch.log(p.clamp(1e-8, 1.0)))
+    unary = crf_torch._pixel_major(-torch.log(p.clamp(UNARY_CLIP, 1.0)))
     parts: dict[str, list[float]] = {}
 
     # CPU: process time (steadier than wall time on a shared machine); CUDA: synchronised wall.
@@ -270,32 +270,20 @@ def _pct(miou: float) -> float:
 
 def quality_on_run(run_dir: Path, max_images: int, device: str, say) -> dict:
     """mIoU of CRF pseudo masks and of DeepLab + CRF of a run, with both implementations."""
-    from unittest import mock
-
     import torch
 
-    from wsss.config import RunConfig, crf_params, from_dict
+    from wsss.config import CRFConfig, crf_params
     from wsss.data.loaders import image_to_tensor
     from wsss.metrics import SegmentationMeter
-    from wsss.pipeline import make_context
+    from wsss.pipeline import load_context
     from wsss.refine import crf_select
-    from wsss.refine import pseudo as pseudo_module
     from wsss.refine.pseudo import pseudo_mask
     from wsss.stages.cams import load_cams
 
-    cfg = from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
-    ctx = make_context(cfg, run_dir)
+    ctx = load_context(run_dir)
+    cfg = ctx.cfg
     impls = crf_select.CRF_IMPLS
     result: dict = {"run": str(run_dir)}
-
-    def labels_fn(impl: str):
-        def fn(image, labels, n_labels, params, gt_prob=0.7):
-            return crf_select.dense_crf_labels(
-                image, labels, n_labels, params, gt_prob, impl=impl, device=device
-            )
-
-        return fn
-
     p = cfg.pseudo
     ids = ctx.ids(cfg.data.seed_split)[:max_images]
     if ids and ctx.source.has_masks(cfg.data.seed_split):
@@ -307,17 +295,16 @@ def quality_on_run(run_dir: Path, max_images: int, device: str, say) -> dict:
             keys, cams = load_cams(run_dir, image_id)
             masks = {}
             for impl in impls:
-                with mock.patch.object(pseudo_module, "dense_crf_labels", labels_fn(impl)):
-                    common = dict(bg_threshold=cfg.cam.bg_threshold, crf_gt_prob=p.crf_gt_prob)
-                    crf = crf_params(p.crf_preset)
-                    meters[impl, "crf"].update(
-                        sample.mask, pseudo_mask(sample.image, cams, keys, crf=crf, **common)
-                    )
-                    masks[impl] = pseudo_mask(
-                        sample.image, cams, keys, crf=crf, ignore_uncertain=p.ignore_uncertain,
-                        conf_fg=p.conf_fg, conf_bg=p.conf_bg, **common,
-                    )  # fmt: skip
-                    meters[impl, "config"].update(sample.mask, masks[impl])
+                common = dict(bg_threshold=cfg.cam.bg_threshold, crf_gt_prob=p.crf_gt_prob)
+                crf = crf_params(p.crf_preset, CRFConfig(impl, device))
+                meters[impl, "crf"].update(
+                    sample.mask, pseudo_mask(sample.image, cams, keys, crf=crf, **common)
+                )
+                masks[impl] = pseudo_mask(
+                    sample.image, cams, keys, crf=crf, ignore_uncertain=p.ignore_uncertain,
+                    conf_fg=p.conf_fg, conf_bg=p.conf_bg, **common,
+                )  # fmt: skip
+                meters[impl, "config"].update(sample.mask, masks[impl])
             same += int((masks["torch"] == masks["pydensecrf"]).sum())
             total += masks["torch"].size
         result["pseudo"] = {
@@ -442,27 +429,15 @@ def markdown(results: dict) -> str:
         )
     q = results.get("quality")
     if q:
-        rows = []
-        if "pseudo" in q:
-            m = q["pseudo"]
-            rows.append(
-                [
-                    f"CRF pseudo masks ({m['images']} seed images)",
-                    fmt(m["miou_crf_pct"]["pydensecrf"], 2),
-                    fmt(m["miou_crf_pct"]["torch"], 2),
-                    fmt(m["mask_agreement_pct"], 2),
-                ]
-            )
-        if "deeplab" in q:
-            m = q["deeplab"]
-            rows.append(
-                [
-                    f"DeepLab + CRF ({m['images']} val images)",
-                    fmt(m["miou_crf_pct"]["pydensecrf"], 2),
-                    fmt(m["miou_crf_pct"]["torch"], 2),
-                    fmt(m["label_agreement_pct"], 2),
-                ]
-            )
+        kinds = (("pseudo", "CRF pseudo masks", "seed", "mask_agreement_pct"),
+                 ("deeplab", "DeepLab + CRF", "val", "label_agreement_pct"))  # fmt: skip
+        rows = [
+            [f"{title} ({q[key]['images']} {split} images)",
+             *(fmt(q[key]["miou_crf_pct"][impl], 2) for impl in ("pydensecrf", "torch")),
+             fmt(q[key][agree], 2)]
+            for key, title, split, agree in kinds
+            if key in q
+        ]  # fmt: skip
         parts.append(
             "mIoU on the built-in benchmark (the quality section's `cam` run):\n\n"
             + markdown_table(["", "pydensecrf2", "torch", "pixels agreeing %"], rows)

@@ -78,29 +78,29 @@ def section_markdown(name: str, entry: dict, out_dir: Path) -> str:
     return head + body
 
 
-def write_report(results: dict, out_dir: Path) -> Path:
+def render_sections(results: dict, out_dir: Path) -> dict[str, str]:
+    """Each measured section's Markdown (plots written once), in the order of ``SECTIONS``."""
+    measured = results["sections"]
+    return {n: section_markdown(n, measured[n], out_dir) for n in SECTIONS if n in measured}
+
+
+def write_report(bodies: dict[str, str], out_dir: Path) -> Path:
     parts = ["# Benchmark report\n"]
-    for name in SECTIONS:
-        if name in results["sections"]:
-            entry = results["sections"][name]
-            parts.append(
-                f"## {name}\n\n{SECTIONS[name]}\n\n" + section_markdown(name, entry, out_dir)
-            )
+    parts += [f"## {name}\n\n{SECTIONS[name]}\n\n{body}" for name, body in bodies.items()]
     path = out_dir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
 
 
-def update_readme(results: dict, readme: Path, out_dir: Path) -> list[str]:
+def update_readme(bodies: dict[str, str], readme: Path, out_dir: Path) -> list[str]:
     """Replaces each ``<!-- bench:NAME -->`` block of the README; returns the names replaced."""
     text = readme.read_text(encoding="utf-8")
+    rel = out_dir.resolve().relative_to(readme.parent.resolve()).as_posix()
     done = []
-    for name, entry in results["sections"].items():
+    for name, body in bodies.items():
         pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
         if not pattern.search(text):
             continue
-        body = section_markdown(name, entry, out_dir)
-        rel = out_dir.resolve().relative_to(readme.parent.resolve()).as_posix()
         body = re.sub(r"!\[(\w+)\]\((\w+\.png)\)", rf"![\1]({rel}/\2)", body)
         text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(2), text)
         done.append(name)
@@ -150,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(path.read_text())
     else:
         results = run_sections(names, out_dir)
-    report = write_report(results, out_dir)
+    bodies = render_sections(results, out_dir)
+    report = write_report(bodies, out_dir)
     _say(f"wrote {out_dir / 'results.json'} and {report}")
     if not args.no_readme and args.readme.exists():
-        replaced = update_readme(results, args.readme, out_dir)
+        replaced = update_readme(bodies, args.readme, out_dir)
         _say(f"README tables updated: {', '.join(replaced) or 'none (no bench markers)'}")
     return 0

@@ -59,15 +59,31 @@ def _crf(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
     return np.asarray(q, dtype=np.float32).reshape(n_labels, h, w)
 
 
+UNARY_CLIP = 1e-8  # probabilities are clipped here before -log
+
+
+def unary_from_probs(probs: np.ndarray) -> np.ndarray:
+    """pydensecrf ``unary_from_softmax``: -log(clip(p, 1e-8, 1)), float32 [..., K, H, W]."""
+    return -np.log(np.clip(probs.astype(np.float32), UNARY_CLIP, 1.0))
+
+
+def unary_from_labels(labels: np.ndarray, n_labels: int, gt_prob: float) -> np.ndarray:
+    """pydensecrf ``unary_from_labels(zero_unsure=False)``: labels int [H, W] -> float32
+    [K, H, W]; the given label gets probability ``gt_prob``, the others share the rest equally."""
+    h, w = labels.shape
+    rest = (1.0 - gt_prob) / max(n_labels - 1, 1)
+    probs = np.full((n_labels, h * w), rest, dtype=np.float32)
+    probs[labels.reshape(-1), np.arange(h * w)] = gt_prob
+    return -np.log(probs).reshape(n_labels, h, w)
+
+
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
     """Refines class probabilities; image uint8 [H, W, 3], probs [K, H, W] -> probs [K, H, W].
 
     The unary is -log(p) (pydensecrf ``unary_from_softmax``). The image must be the raw RGB
     photograph, not the mean-subtracted network input (the deeplab-pytorch ``astype(uint8)`` slip).
     """
-    k = probs.shape[0]
-    p = np.clip(probs.reshape(k, -1).astype(np.float32), 1e-8, 1.0)
-    return _crf(image, -np.log(p), params)
+    return _crf(image, unary_from_probs(probs).reshape(probs.shape[0], -1), params)
 
 
 def dense_crf_labels(
@@ -79,12 +95,7 @@ def dense_crf_labels(
 ) -> np.ndarray:
     """Refines a hard label map (IRN ``crf_inference_label``); labels int [H, W] -> int [H, W].
 
-    Unary as pydensecrf ``unary_from_labels(zero_unsure=False)``: the given label gets
-    probability ``gt_prob``, the others share the rest equally.
+    The unary is :func:`unary_from_labels`.
     """
-    h, w = labels.shape
-    rest = (1.0 - gt_prob) / max(n_labels - 1, 1)
-    probs = np.full((n_labels, h * w), rest, dtype=np.float32)
-    probs[labels.reshape(-1), np.arange(h * w)] = gt_prob
-    q = _crf(image, -np.log(probs), params)
-    return q.argmax(0).astype(labels.dtype)
+    unary = unary_from_labels(labels, n_labels, gt_prob).reshape(n_labels, -1)
+    return _crf(image, unary, params).argmax(0).astype(labels.dtype)

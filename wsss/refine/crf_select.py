@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wsss.refine import crf as reference
-from wsss.refine.crf import CRFParams
+from wsss.refine.crf import CRFParams, unary_from_labels, unary_from_probs
 
 if TYPE_CHECKING:
     import torch
 
 CRF_IMPLS = ("pydensecrf", "torch")
-UNARY_CLIP = 1e-8  # crf.dense_crf: probabilities clipped at 1e-8 before -log
 
 
 def _pick(params: CRFParams, impl: str | None, device: str | None) -> tuple[str, str]:
@@ -48,20 +47,6 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _unary_from_probs(probs: np.ndarray) -> np.ndarray:
-    """-log(clip(p, 1e-8, 1)) float32 [..., K, H, W], as crf.dense_crf computes it."""
-    return -np.log(np.clip(probs.astype(np.float32), UNARY_CLIP, 1.0))
-
-
-def _unary_from_labels(labels: np.ndarray, n_labels: int, gt_prob: float) -> np.ndarray:
-    """crf.dense_crf_labels' unary: labels int [H, W] -> float32 [K, H, W]."""
-    h, w = labels.shape
-    rest = (1.0 - gt_prob) / max(n_labels - 1, 1)
-    probs = np.full((n_labels, h * w), rest, dtype=np.float32)
-    probs[labels.reshape(-1), np.arange(h * w)] = gt_prob
-    return -np.log(probs).reshape(n_labels, h, w)
 
 
 def _torch_crf(
@@ -92,7 +77,7 @@ def dense_crf(
     impl, device = _pick(params, impl, device)
     if impl == "pydensecrf":
         return reference.dense_crf(image, probs, params)
-    return _torch_crf(image[None], _unary_from_probs(probs)[None], params, device)[0]
+    return _torch_crf(image[None], unary_from_probs(probs)[None], params, device)[0]
 
 
 def dense_crf_labels(
@@ -111,7 +96,7 @@ def dense_crf_labels(
     impl, device = _pick(params, impl, device)
     if impl == "pydensecrf":
         return reference.dense_crf_labels(image, labels, n_labels, params, gt_prob)
-    unary = _unary_from_labels(labels, n_labels, gt_prob)
+    unary = unary_from_labels(labels, n_labels, gt_prob)
     q = _torch_crf(image[None], unary[None], params, device)[0]
     return q.argmax(0).astype(labels.dtype)
 
@@ -132,4 +117,4 @@ def dense_crf_batch(
     if impl == "pydensecrf":
         pairs = zip(images, probs, strict=True)
         return np.stack([reference.dense_crf(i, p, params) for i, p in pairs])
-    return _torch_crf(images, _unary_from_probs(probs), params, device)
+    return _torch_crf(images, unary_from_probs(probs), params, device)

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsss.refine.crf import CRFParams
+from wsss.refine.crf import UNARY_CLIP, CRFParams
 
 _CODE_LIMIT = 1 << 62
 # CPU mean field: an operator whose result exceeds this many bytes writes it in row blocks into
@@ -696,7 +696,7 @@ def dense_crf_unary(images: Tensor, unary: Tensor, params: CRFParams) -> Tensor:
     return q.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
-def dense_crf(images: Tensor, probs: Tensor, params: CRFParams, clip: float = 1e-8) -> Tensor:
+def dense_crf(images: Tensor, probs: Tensor, params: CRFParams, clip: float = UNARY_CLIP) -> Tensor:
     """Refines probabilities: images uint8 [B, H, W, 3], probs [B, K, H, W] -> Q [B, K, H, W].
 
     The unary is -log(clamp(p, clip, 1)), as :func:`wsss.refine.crf.dense_crf`.
