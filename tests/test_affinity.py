@@ -193,6 +193,20 @@ def test_upsample_and_walk_labels():
     assert set(np.unique(labels)) <= {0, 9}
 
 
+def test_walk_labels_final_crf_moves_the_boundary_to_the_colour_edge():
+    """RW + dCRF (``affinity.final_crf``): a walk boundary 4 px off the image edge snaps to it."""
+    image = np.zeros((20, 24, 3), np.uint8)
+    image[:, 12:] = 255
+    fg = 1.0 / (1.0 + np.exp(-(np.arange(24) - 7) / 2.0))  # walked scores cross at column 7.5
+    scores = (np.stack([np.tile(1 - fg, (20, 1)), np.tile(fg, (20, 1))]) * 0.9 + 0.05).astype(
+        np.float32
+    )
+    bare = walk_labels(scores, np.array([3]))
+    refined = walk_labels(scores, np.array([3]), image, CRF_PRESETS["deeplab"])
+    assert (bare[:, :8] == 0).all() and (bare[:, 8:] == 3).all()
+    assert (refined[:, :12] == 0).all() and (refined[:, 12:] == 3).all()
+
+
 # --- network and config ----------------------------------------------------------------------
 
 

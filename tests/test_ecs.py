@@ -235,7 +235,9 @@ def test_paper_preset():
     assert (cfg.cls.epochs, cfg.cls.batch_size, cfg.cls.crop) == (8, 8, 448)
     assert cfg.cls.resize_long == (448, 768) and cfg.cls.backbone.name == "resnet38d"
     assert cfg.method.warmup_steps == 100 and cfg.method.dilations == (5, 7, 12)
-    assert build_config(build_parser().parse_args(["ecs"])).method.warmup_steps == 0
+    assert cfg.method.infer_map == "refined"  # SEAM's PCM-refined E on VOC
+    default = build_config(build_parser().parse_args(["ecs"]))
+    assert default.method.warmup_steps == 0 and default.method.infer_map == "cam"
 
 
 # ------------------------------------------------------------------------------------ smoke run

@@ -319,10 +319,11 @@ def run_walk(ctx: Context) -> dict:
 
 
 def evaluate(ctx: Context, ids: list[str]) -> dict:
-    """mIoU of the random-walk masks on ``ids``, and a GT-assisted background sweep.
+    """mIoU of the random-walk masks on ``ids`` (after ``final_crf``, as DeepLab sees them), and
+    a GT-assisted background sweep of the bare walk.
 
     The sweep follows IRN ``make_sem_seg_labels``: the walked class scores divided by their
-    maximum, a constant background score t; the best t is chosen with the ground truth.
+    maximum, a constant background score t, no CRF; the best t is chosen with the ground truth.
     """
     if not (wanted(ctx) and ctx.path(WALK_OUTPUT).exists() and ids):
         return {}
