@@ -425,8 +425,12 @@ def test_paper_preset_sets_the_cpn_recipe():
         0.5,
     )
     assert cfg.method.ohem_ratio == 0.2
+    assert (cfg.method.cam_dropout, cfg.method.infer_refined) == (0.5, True)
+    default = build_config(build_parser().parse_args(["cpn"]))
+    assert (default.method.cam_dropout, default.method.infer_refined) == (0.0, False)
     smoke = build_config(build_parser().parse_args(["cpn", "--preset", "smoke"]))
     assert smoke.cls.backbone.name == "mobilenetv2"  # shared presets untouched
+    assert (smoke.method.cam_dropout, smoke.method.infer_refined) == (0.5, True)
 
 
 @pytest.mark.slow

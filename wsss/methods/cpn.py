@@ -312,7 +312,18 @@ class CPN(Method):
         return terms
 
     def apply_preset(self, preset: str, run_config) -> None:
-        """``paper``: the CPN VOC recipe (Sec. 4.1; spec seed-cpn.md sections 5-6)."""
+        """``paper``: the CPN VOC recipe (Sec. 4.1; spec seed-cpn.md sections 5-6). ``default``:
+        two measured CPU-benchmark adaptations, each the paper's choice in ``paper``."""
+        if preset == "default":
+            cfg: CPNConfig = run_config.method
+            # Dropout2d(0.5) on MobileNetV2's 1280 channels kept the 8-epoch classifier at the
+            # label prior (cls loss 0.44; CAMs below zero everywhere: seeds 7.9, raw CAM 8.1);
+            # without it the loss reaches 0.38 and the raw CAM gives seeds 15.9 (README).
+            cfg.cam_dropout = 0.0
+            # ... and the refined Y~_o of that classifier is flat (97 % of co-occurring context
+            # above the threshold: seeds 9.7), so the raw CAM Y_o is read, as for ECS-Net.
+            cfg.infer_refined = False
+            return
         if preset != "paper":
             return
         c = run_config.cls
