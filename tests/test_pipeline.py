@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from wsss.checkpoint import CheckpointError, load_classifier, load_deeplab
@@ -63,6 +64,18 @@ def test_forcing_a_stage_reruns_it_and_later_ones(smoke_run):
     assert main([*args, "--stages", "pseudo,eval", "--force"]) == 0
     timings = json.loads((smoke_run / "timings.json").read_text())
     assert {"pseudo", "eval"} <= timings.keys()
+
+
+def test_a_rerun_trains_identical_networks(smoke_run, tmp_path):
+    """The seed covers the new layers' initialisation too: same config -> same weights."""
+    run = tmp_path / "rerun"
+    stages = ["--stages", "cls,cam,pseudo,seg"]
+    assert main(["cam", "--preset", "smoke", "--out", str(run), "--quiet", *stages]) == 0
+    for name in ("classifier.pt", "deeplab.pt"):
+        first = torch.load(smoke_run / name, weights_only=False)["state_dict"]
+        second = torch.load(run / name, weights_only=False)["state_dict"]
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first), name
 
 
 def test_upper_bound_is_trained_once_and_shared(smoke_run, tmp_path, caplog):

@@ -215,6 +215,7 @@ def run(ctx: Context) -> dict:
     a = ctx.cfg.affinity
     ids = ctx.ids(ctx.cfg.data.train_split)
     make_labels(ctx, ids)
+    torch.manual_seed(a.seed)  # the affinity head's initialisation belongs to the run's seed
     model, backbone_cfg = build_affinity_net(ctx)
     dataset = AffinityDataset(
         ctx.source,

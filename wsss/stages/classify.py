@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from wsss import distributed
 from wsss.checkpoint import make_backbone, save_checkpoint
 from wsss.data.loaders import ClassificationDataset
@@ -13,6 +15,7 @@ OUTPUT = "classifier.pt"
 
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg.cls
+    torch.manual_seed(cfg.seed)  # the new layers' initialisation belongs to the run's seed
     model = ctx.method.build_model(make_backbone(cfg.backbone), len(ctx.class_names) - 1)
     dataset = ClassificationDataset(
         ctx.source,

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from wsss import distributed
@@ -59,6 +60,7 @@ def mask_dir(ctx: Context) -> Path:
 
 def _train(ctx: Context, output: str, pseudo: bool, epochs: int) -> dict:
     cfg = ctx.cfg.seg
+    torch.manual_seed(cfg.seed)  # the ASPP head's initialisation belongs to the run's seed
     model = DeepLabV2(make_backbone(cfg.backbone), len(ctx.class_names), cfg.aspp_rates)
     dataset = SegmentationDataset(
         ctx.source,
