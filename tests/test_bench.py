@@ -2,7 +2,9 @@
 
 import json
 
-from wsss.bench import runner, training
+import torch
+
+from wsss.bench import crf, runner, training
 from wsss.bench.common import markdown_table
 
 FULL_SECTION = training.section
@@ -36,6 +38,29 @@ def test_section_results_json_and_readme_tables(tmp_path, monkeypatch):
     # Rendering again from results.json alone gives the same README.
     assert runner.main(["--render-only", "--out", str(out), "--readme", str(readme)]) == 0
     assert readme.read_text() == text
+
+
+def test_a_section_pinning_threads_does_not_leak_into_the_next(tmp_path, monkeypatch):
+    """crf pins one thread; the training section after it must get the default back."""
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)  # the default under test, whatever this machine's is
+    seen = []
+
+    def pin_one_thread(out_dir, say):
+        torch.set_num_threads(1)
+        return {}
+
+    def record_threads(out_dir, say):
+        seen.append(torch.get_num_threads())
+        return {}
+
+    monkeypatch.setattr(crf, "section", pin_one_thread)
+    monkeypatch.setattr(training, "section", record_threads)
+    try:
+        runner.run_sections(["crf", "training"], tmp_path, say=lambda text: None)
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
 
 
 def test_unknown_section_is_a_one_line_error(capsys, tmp_path):

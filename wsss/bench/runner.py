@@ -42,13 +42,19 @@ def _say(text: str) -> None:
 
 def run_sections(names: list[str], out_dir: Path, say=_say) -> dict:
     """Runs ``names`` in order, saving results.json after each; returns all results."""
+    import torch
+
     path = out_dir / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"sections": {}}
+    threads = torch.get_num_threads()
     for name in names:
         module = importlib.import_module(f"wsss.bench.{name}")
         say(f"== {name}: {SECTIONS[name]}")
         start = time.perf_counter()
-        data = module.section(out_dir, say)
+        try:
+            data = module.section(out_dir, say)
+        finally:  # crf and inference pin their thread count: the next section gets the default
+            torch.set_num_threads(threads)
         results["sections"][name] = {
             "measured": dt.datetime.now().isoformat(timespec="seconds"),
             "machine": machine(),
