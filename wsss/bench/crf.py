@@ -210,14 +210,14 @@ def profile_torch(device: str, size: int, labels: int, preset: str, repeats: int
     import torch
 
     from wsss.refine import crf_torch
-    from wsss.refine.crf import CRF_PRESETS, UNARY_CLIP
+    from wsss.refine.crf import CRF_PRESETS
 
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     images, probs = bench_inputs(size, 1, labels)
     x, p = torch.from_numpy(images).to(dev), torch.from_numpy(probs).to(dev)
     params = CRF_PRESETS[preset]
-    unary = crf_torch._pixel_major(-torch.log(p.clamp(UNARY_CLIP, 1.0)))
+    unary = crf_torch._pixel_major(crf_torch.unary_from_probs(p))
     parts: dict[str, list[float]] = {}
 
     # CPU: process time (steadier than wall time on a shared machine); CUDA: synchronised wall.

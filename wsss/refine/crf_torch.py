@@ -696,9 +696,14 @@ def dense_crf_unary(images: Tensor, unary: Tensor, params: CRFParams) -> Tensor:
     return q.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
+def unary_from_probs(probs: Tensor, clip: float = UNARY_CLIP) -> Tensor:
+    """-log(clamp(p, clip, 1)) float32, any shape: :func:`wsss.refine.crf.unary_from_probs`."""
+    return -torch.log(probs.float().clamp(clip, 1.0))
+
+
 def dense_crf(images: Tensor, probs: Tensor, params: CRFParams, clip: float = UNARY_CLIP) -> Tensor:
     """Refines probabilities: images uint8 [B, H, W, 3], probs [B, K, H, W] -> Q [B, K, H, W].
 
-    The unary is -log(clamp(p, clip, 1)), as :func:`wsss.refine.crf.dense_crf`.
+    The unary is :func:`unary_from_probs`, as :func:`wsss.refine.crf.dense_crf`.
     """
-    return dense_crf_unary(images, -torch.log(probs.float().clamp(clip, 1.0)), params)
+    return dense_crf_unary(images, unary_from_probs(probs, clip), params)
