@@ -185,6 +185,34 @@ def test_lattice_is_a_global_gaussian_filter(d):
     assert errors[1.0] < min(errors[0.5], errors[2.0])
 
 
+@pytest.mark.parametrize("spread", [3, 1 << 40])
+def test_find_matches_a_dictionary(spread):
+    """Both lookups (direct-address table for dense keys, hash table for sparse ones)."""
+    gen = torch.Generator().manual_seed(spread % 97)
+    keys = torch.unique(torch.randint(0, 3000 * spread, (3000,), generator=gen))
+    queries = torch.cat([keys + 1, keys[torch.randperm(len(keys), generator=gen)], keys * 0])
+    queries = queries.view(3, -1)
+    where = {int(k): i for i, k in enumerate(keys)}
+    expected = torch.tensor([where.get(int(q), -1) for q in queries.view(-1)]).view_as(queries)
+    found = crf_torch._find(keys, queries)
+    assert torch.equal(found, expected)
+    assert (found < 0).any() and (found >= 0).any()
+
+
+def test_dropping_zero_blur_entries_keeps_the_sums():
+    gen = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 50, (40, 9), generator=gen, dtype=torch.int32)
+    weight = torch.rand(40, 9, generator=gen) * (torch.rand(40, 9, generator=gen) < 0.4)
+    weight[:, 0] = 1.0
+    rows = crf_torch._RowSums(index, weight)
+    sparse = rows.without_zeros()
+    assert sparse.offsets is not None and sparse.index.numel() == int((weight != 0).sum())
+    x = torch.rand(50, 7, generator=gen)
+    assert torch.equal(sparse(x), rows(x))
+    dense = crf_torch._RowSums(index, torch.ones(40, 9))
+    assert dense.without_zeros() is dense  # nothing to drop: rows stay as they are
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="unknown CRF implementation"):
         crf_select.check_impl("densecrf")

@@ -63,6 +63,8 @@ _BLOCK_BYTES = 16 << 20
 # lattice table only adds cache misses (measured 1.2-1.8x slower per image at 2 x 500 x 375 on a
 # 2-core host), while small images gain from sharing the per-call overhead. GPUs take it whole.
 CPU_BATCH_PIXELS = 1 << 18
+# A blur pass whose entries are at least this fraction zero-weight drops them (CSR rows).
+_SPARSE_BLUR = 0.25
 
 
 class LatticeKeyOverflow(ValueError):
@@ -72,6 +74,18 @@ class LatticeKeyOverflow(ValueError):
 def _f32(x: float) -> float:
     """``x`` rounded to float32, as a Python float: torch scalar ops then use the C++ constant."""
     return float(np.float32(x))
+
+
+def _as_columns(columns: list[Tensor]) -> Tensor:
+    """n tensors [M] -> [M, n], written column by column.
+
+    ``torch.stack(dim=1)`` of float32 columns and ``.T.contiguous()`` were measured 2.5-4x
+    slower on CPU (torch 2.13).
+    """
+    out = columns[0].new_empty(len(columns[0]), len(columns))
+    for i, column in enumerate(columns):
+        out[:, i] = column
+    return out
 
 
 def _elevate(features: Tensor) -> Tensor:
@@ -210,39 +224,58 @@ def _hash(codes: Tensor, bits: int) -> Tensor:
     bits of their xor are kept.
     """
     c = codes.long()
-    mixed = ((c & 0x7FFFFFFF) * 0x9E3779B1) ^ ((c >> 31) * 0x7FEB352D)
+    mixed = (c & 0x7FFFFFFF) * 0x9E3779B1
+    if codes.dtype != torch.int32:  # int32 codes are < 2^31: no high half
+        mixed ^= (c >> 31) * 0x7FEB352D
     return (mixed >> 20) & ((1 << bits) - 1)
 
 
-def _find(keys: Tensor, queries: Tensor) -> Tensor:
-    """Index int64 of each query in unique keys [M], -1 where absent; queries [...].
+# Keys spanning at most this many slots per key are looked up in a direct-address table.
+_DENSE_SPAN = 8
 
-    A vectorised open-addressing hash table (linear probing, load <= 1/4): all keys, then all
-    queries, probe one slot per round; O(M + Q) work, versus O(Q log M) for a binary search.
+
+def _find(keys: Tensor, queries: Tensor) -> Tensor:
+    """Index int64 of each query in unique keys >= 0 [M], -1 where absent; queries >= 0 [...].
+
+    Keys in a range of at most ``_DENSE_SPAN`` * M codes (the 2-D Gaussian lattice's) go into a
+    direct-address table, one gather per query. Others go into a vectorised open-addressing hash
+    table (linear probing, load <= 1/4): all keys, then all queries, probe one slot per round;
+    O(M + Q) work, versus O(Q log M) for a binary search.
     """
     dev = keys.device
+    span = int(torch.maximum(keys.max(), queries.max())) + 1 if len(keys) else 0
+    if span <= _DENSE_SPAN * len(keys):
+        table = torch.full((span,), -1, dtype=torch.int64, device=dev)
+        table[keys.long()] = torch.arange(len(keys), device=dev)
+        return table[queries.long()]
     bits = max(4, math.ceil(math.log2(4 * max(len(keys), 1))))
     mask = (1 << bits) - 1
-    slots = torch.full((1 << bits,), -1, dtype=torch.int64, device=dev)
-    pending = torch.arange(len(keys), device=dev)
+    slots = torch.full((1 << bits,), -1, dtype=torch.int32, device=dev)
+    pending = torch.arange(len(keys), dtype=torch.int32, device=dev)
     pos = _hash(keys, bits)
     while len(pending):
         free = torch.nonzero(slots.index_select(0, pos) < 0).squeeze(1)
         slots.index_copy_(0, pos.index_select(0, free), pending.index_select(0, free))
         left = torch.nonzero(slots.index_select(0, pos) != pending).squeeze(1)
         pending, pos = pending.index_select(0, left), (pos.index_select(0, left) + 1) & mask
-    flat = queries.reshape(-1)
-    out = torch.full_like(flat, -1, dtype=torch.int64)
-    active = torch.arange(len(flat), device=dev)
-    pos = _hash(flat, bits)
+    # The first probe settles most queries: a hit, or an empty slot (absent).
+    query = queries.reshape(-1)
+    pos = _hash(query, bits)
+    slot = slots.index_select(0, pos)
+    occupied = slot >= 0
+    hit = occupied & (keys.index_select(0, slot.clamp(min=0)) == query)
+    out = torch.where(hit, slot.long(), -1)
+    active = torch.nonzero(occupied ^ hit).squeeze(1)
+    query, pos = query.index_select(0, active), (pos.index_select(0, active) + 1) & mask
     while len(active):
         slot = slots.index_select(0, pos)
-        key = keys.index_select(0, slot.clamp(min=0))
-        query = flat.index_select(0, active)
-        hit = torch.nonzero((slot >= 0) & (key == query)).squeeze(1)
-        out.index_copy_(0, active.index_select(0, hit), slot.index_select(0, hit))
-        more = torch.nonzero((slot >= 0) & (key != query)).squeeze(1)
-        active, pos = active.index_select(0, more), (pos.index_select(0, more) + 1) & mask
+        occupied = slot >= 0
+        hit = occupied & (keys.index_select(0, slot.clamp(min=0)) == query)
+        found = torch.nonzero(hit).squeeze(1)
+        out.index_copy_(0, active.index_select(0, found), slot.index_select(0, found).long())
+        more = torch.nonzero(occupied ^ hit).squeeze(1)
+        active, query = active.index_select(0, more), query.index_select(0, more)
+        pos = (pos.index_select(0, more) + 1) & mask
     return out.view_as(queries)
 
 
@@ -318,7 +351,7 @@ def build_lattice(features: Tensor, batch: Tensor, n_images: int, pad: Tensor | 
     dev = features.device
     elevated = _elevate(features)
     rem0, rank = _simplex(elevated)
-    weights = _barycentric(elevated, rem0, rank).T.contiguous()
+    weights = _as_columns(list(_barycentric(elevated, rem0, rank)))
     code = _key_code(torch.round(rem0[:-1] / float(d1)).long(), n_images)
     codes = _vertex_codes(rem0, rank, batch, code).reshape(-1)
     point = torch.arange(p, device=dev).repeat_interleave(d1)
@@ -416,6 +449,25 @@ class _RowSums:
         e1 = int(self.offsets[r1]) if r1 < self.n_rows else self.index.shape[0]
         return _RowSums(self.index[e0:e1], self.weight[e0:e1], self.offsets[r0:r1] - e0)
 
+    def without_zeros(self) -> _RowSums:
+        """The same sums, zero-weight entries dropped (rows of n entries -> CSR rows).
+
+        The bilateral lattice is sparse: 40-65 % of its composed blur entries point at absent
+        neighbours (weight 0); dropping them makes a blur pass about 1.3-1.5x faster, for about
+        one pass's time once. Where less than ``_SPARSE_BLUR`` of the entries are zero (the
+        Gaussian lattice: < 2 %), the rows stay as they are. Entries keep their order, so the
+        float sums are the same.
+        """
+        keep = self.weight != 0
+        counts = keep.sum(1, dtype=self.index.dtype)
+        if int(counts.sum()) > (1 - _SPARSE_BLUR) * keep.numel():
+            return self
+        kept = torch.nonzero(keep.view(-1)).squeeze(1)
+        offsets = torch.zeros_like(counts)
+        torch.cumsum(counts[:-1], 0, out=offsets[1:])
+        index, weight = self.index.view(-1), self.weight.view(-1)
+        return _RowSums(index.index_select(0, kept), weight.index_select(0, kept), offsets)
+
     def blocks(self, size: int) -> list[tuple[int, int, _RowSums]]:
         """(r0, r1, rows r0..r1) for consecutive blocks of ``size`` rows."""
         n = self.n_rows
@@ -459,7 +511,7 @@ class LatticeFilter:
         blur = []
         for j in range(0, len(steps), 2):
             cols, weights = steps[j] if j + 1 == len(steps) else _compose(steps[j], steps[j + 1])
-            blur.append(_RowSums(torch.stack(cols, 1), torch.stack(weights, 1)))
+            blur.append(_RowSums(_as_columns(cols), _as_columns(weights)).without_zeros())
         sliced = _RowSums(lattice.offsets.to(itype), lattice.weights * _alpha(lattice.dim))
         return cls(splat, blur, sliced, lattice.splat_point)
 
