@@ -5,11 +5,12 @@
 Speed: a photograph (scikit-image's bundled ones) resized to a long side of 256 / 500 / 512 /
 1024 px at 4:3 (500 -> 500 x 375, the VOC size), network-like probabilities over 21 labels,
 the ``deeplab`` and ``psa`` presets at 5 and 10 iterations. Per image: pydensecrf2 (one CPU
-core, as it always runs), the torch port on one image and on a batch (time / batch). The
-torch rows build their lattices from scratch (the per-size Gaussian lattice cache is
-cleared), as pydensecrf does; ``torch_b1_cached`` keeps that cache warm (same-size images).
-Calls are interleaved run by run so background load hits all alike; wall
-and CPU (process) time are both recorded: on a shared machine CPU time is the steadier one.
+core, as it always runs), the torch port on one image and on a batch (time / batch), on one
+thread and, in the bench section (``--all-cores`` here), on every core, as torch runs by
+default. The torch rows build their lattices from scratch (the per-size Gaussian lattice cache
+is cleared), as pydensecrf does; ``torch_b1_cached`` keeps that cache warm (same-size images).
+Calls are interleaved run by run so background load hits all alike; wall and CPU (process)
+time are both recorded: on a shared machine CPU time is the steadier one (on one thread).
 Quality: label agreement and the largest marginal difference against pydensecrf2 on the same
 images. ``profile``: where the torch time goes (lattice build, splat, blur, slice, softmax).
 
@@ -100,8 +101,14 @@ def speed_rows(
     batch: int,
     repeats: int,
     say: Callable[[str], None],
+    cores: int = 1,
 ) -> list[dict]:
-    """One row per (preset, size, iterations): times per image and agreement."""
+    """One row per (preset, size, iterations): times per image and agreement.
+
+    The torch rows run on the current thread count; with ``cores`` above it (CPU only) the
+    torch rows are also timed on ``cores`` threads (``torch_b1_threads{cores}``, ...), what a
+    user of this machine gets by default. pydensecrf2 always runs on one core.
+    """
     import torch
 
     from wsss.refine import crf_torch
@@ -110,6 +117,19 @@ def speed_rows(
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     reference = _pydensecrf_available()
+    threads = torch.get_num_threads()
+    more_threads = dev.type == "cpu" and cores > threads
+
+    def on_threads(fn: Callable[[], object], n: int) -> Callable[[], object]:
+        def call() -> object:
+            torch.set_num_threads(n)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(threads)
+
+        return call
+
     rows = []
     for preset in presets:
         for size in sizes:
@@ -123,24 +143,30 @@ def speed_rows(
                     crf_torch._grid_kernel.cache_clear()
                     return crf_torch.dense_crf(x[:k], p[:k], params)
 
-                calls: dict[str, Callable[[], object]] = {"torch_b1": lambda f=torch_call: f(1)}
-                calls["torch_b1_cached"] = lambda params=params, x=x, p=p: crf_torch.dense_crf(
-                    x[:1], p[:1], params
+                # name -> (call, images per call)
+                calls: dict[str, tuple[Callable[[], object], int]] = {}
+                for k in dict.fromkeys((1, batch)):
+                    calls[f"torch_b{k}"] = (lambda f=torch_call, k=k: f(k), k)
+                    if more_threads:
+                        fn = on_threads(lambda f=torch_call, k=k: f(k), cores)
+                        calls[f"torch_b{k}_threads{cores}"] = (fn, k)
+                calls["torch_b1_cached"] = (
+                    lambda params=params, x=x, p=p: crf_torch.dense_crf(x[:1], p[:1], params),
+                    1,
                 )
-                if batch > 1:
-                    calls[f"torch_b{batch}"] = lambda f=torch_call: f(batch)
                 if reference:
                     image0, probs0 = images[0], probs[0]
-                    calls["pydensecrf"] = lambda a=image0, b=probs0, c=params: dense_crf(a, b, c)
-                times = time_interleaved(calls, repeats, sync)
+                    calls["pydensecrf"] = (
+                        lambda a=image0, b=probs0, c=params: dense_crf(a, b, c),
+                        1,
+                    )
+                times = time_interleaved({name: c[0] for name, c in calls.items()}, repeats, sync)
                 row = {"preset": preset, "size": f"{images.shape[2]}x{images.shape[1]}"}
                 row |= {"long_side": size, "iterations": n_iter, "labels": labels}
+                row |= {"torch_threads": threads, "cores": cores if more_threads else threads}
                 for name, t in times.items():
-                    per = batch if name == f"torch_b{batch}" and batch > 1 else 1
-                    row[name] = {
-                        "wall": _stats([v / per for v in t["wall"]]),
-                        "cpu": _stats([v / per for v in t["cpu"]]),
-                    }
+                    per = calls[name][1]
+                    row[name] = {kind: _stats([v / per for v in t[kind]]) for kind in t}
                 if reference:
                     row |= agreement(images[: min(batch, 4)], probs[: min(batch, 4)], params, dev)
                 rows.append(row)
@@ -168,23 +194,34 @@ def agreement(images: np.ndarray, probs: np.ndarray, params, dev) -> dict:
     }
 
 
+def _torch_names(row: dict, batch: int) -> list[str]:
+    """The torch rows of a speed row, one image then the batch, each then on all cores."""
+    sizes = dict.fromkeys((1, batch))
+    names = [f"torch_b{k}" for k in sizes]
+    if row.get("cores", 1) > row.get("torch_threads", 1):
+        names += [f"torch_b{k}_threads{row['cores']}" for k in sizes]
+    return [name for name in names if name in row]
+
+
 def _format_row(row: dict, batch: int) -> str:
     def med(name: str) -> str:
-        if name not in row:
-            return "-"
         return "/".join(f"{row[name][kind]['median_ms']:.1f}" for kind in ("wall", "cpu"))
 
     text = f"{row['preset']:8s} {row['size']:>9s} it={row['iterations']:2d}  (wall/cpu ms)  "
-    text += f"pydensecrf {med('pydensecrf')}  torch b1 {med('torch_b1')}"
-    if batch > 1:
-        text += f"  torch b{batch} {med(f'torch_b{batch}')} per image"
+    if "pydensecrf" in row:
+        text += f"pydensecrf {med('pydensecrf')}"
+    for name in _torch_names(row, batch):
+        text += f"  {name.replace('_', ' ')} {med(name)}"
     if "label_agreement_pct" in row:
         text += f"  agree {row['label_agreement_pct']:.3f} %  dQ {row['max_prob_diff']:.1e}"
     return text
 
 
 def add_speedups(rows: list[dict], reference_rows: list[dict] | None, batch: int) -> None:
-    """speedup = pydensecrf median / torch median (per image), wall and CPU time."""
+    """speedup = pydensecrf median / torch median (per image), wall and CPU time.
+
+    On several threads only the wall-time speedup means anything (CPU time adds the threads).
+    """
     ref = {(r["preset"], r["size"], r["iterations"]): r for r in reference_rows or []}
     for row in rows:
         base = (
@@ -192,15 +229,13 @@ def add_speedups(rows: list[dict], reference_rows: list[dict] | None, batch: int
         )
         if base is None or "pydensecrf" not in base:
             continue
-        row["speedup"] = {}
-        for name in ("torch_b1", f"torch_b{batch}"):
-            if name in row:
-                row["speedup"][name] = {
-                    kind: round(
-                        base["pydensecrf"][kind]["median_ms"] / row[name][kind]["median_ms"], 2
-                    )
-                    for kind in ("wall", "cpu")
-                }
+        row["speedup"] = {
+            name: {
+                kind: round(base["pydensecrf"][kind]["median_ms"] / row[name][kind]["median_ms"], 2)
+                for kind in ("wall", "cpu")
+            }
+            for name in _torch_names(row, batch)
+        }
         if base is not row:
             row["speedup"]["pydensecrf_from"] = "reference file (CPU run)"
 
@@ -359,7 +394,8 @@ def section(out_dir: Path, say: Callable[[str], None]) -> dict:
     """Both implementations side by side on this machine (and on CUDA when present)."""
     import torch
 
-    torch.set_num_threads(1)  # pydensecrf2 runs on one core; so does the torch CPU row
+    # pydensecrf2 runs on one core; the torch CPU rows run on one thread, then on every core.
+    torch.set_num_threads(1)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results: dict = {"labels": 21, "batch": SECTION_BATCH, "devices": {}}
     for device in devices:
@@ -372,9 +408,10 @@ def section(out_dir: Path, say: Callable[[str], None]) -> dict:
             SECTION_BATCH,
             SECTION_REPEATS,
             say,
+            cores=os.cpu_count() or 1,
         )
         add_speedups(rows, results["devices"].get("cpu", {}).get("rows"), SECTION_BATCH)
-        name = torch.cuda.get_device_name() if device == "cuda" else "cpu, 1 thread"
+        name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
         results["devices"][device] = {
             "name": name,
             "rows": rows,
@@ -386,37 +423,38 @@ def section(out_dir: Path, say: Callable[[str], None]) -> dict:
     return results
 
 
+def _column_title(name: str, row: dict, device: str) -> str:
+    """``torch_b4_threads2`` -> "torch ms/img (speedup), batch 4, 2 threads"."""
+    k = int(name.split("_")[1][1:])
+    title = f"torch ms{'/img' if k > 1 else ''} (speedup)" + (f", batch {k}" if k > 1 else "")
+    if device != "cpu":
+        return title
+    threads = int(name.split("threads")[1]) if "threads" in name else row.get("torch_threads", 1)
+    return title + f", {threads} thread{'s' * (threads > 1)}"
+
+
+def _time_cell(row: dict, name: str) -> str:
+    """Median wall ms, and the speedup over pydensecrf2 where there is one."""
+    speed = row.get("speedup", {}).get(name, {}).get("wall")
+    ms = fmt(row[name]["wall"]["median_ms"], 0)
+    return ms if speed is None else f"{ms} ({fmt(speed, 2)}x)"
+
+
 def markdown(results: dict) -> str:
     """Time per image (median wall ms) of both implementations; agreement; mIoU with each."""
     b = results["batch"]
     parts = []
-    for entry in results["devices"].values():
-        rows = []
-        for r in entry["rows"]:
-            pyd = r.get("pydensecrf", {}).get("wall", {}).get("median_ms")
-            speed = r.get("speedup", {})
-            rows.append(
-                [
-                    r["size"],
-                    str(r["iterations"]),
-                    fmt(pyd, 0),
-                    fmt(r["torch_b1"]["wall"]["median_ms"], 0),
-                    fmt(r[f"torch_b{b}"]["wall"]["median_ms"], 0),
-                    fmt(speed.get("torch_b1", {}).get("wall"), 2),
-                    fmt(speed.get(f"torch_b{b}", {}).get("wall"), 2),
-                    fmt(r.get("label_agreement_pct"), 2),
-                ]
-            )
-        header = [
-            "image",
-            "iterations",
-            "pydensecrf2 ms",
-            "torch ms",
-            f"torch ms/img (batch {b})",
-            "speedup",
-            f"speedup (batch {b})",
-            "label agreement %",
-        ]
+    for device, entry in results["devices"].items():
+        first = entry["rows"][0]
+        names = _torch_names(first, b)
+        rows = [
+            [r["size"], str(r["iterations"]),
+             fmt(r.get("pydensecrf", {}).get("wall", {}).get("median_ms"), 0),
+             *(_time_cell(r, n) for n in names), fmt(r.get("label_agreement_pct"), 2)]
+            for r in entry["rows"]
+        ]  # fmt: skip
+        header = ["image", "iterations", "pydensecrf2 ms"]
+        header += [_column_title(n, first, device) for n in names] + ["label agreement %"]
         parts.append(
             f"Dense CRF, `deeplab` preset, 21 labels, on {entry['name']}:\n\n"
             + markdown_table(header, rows)
@@ -456,6 +494,8 @@ def plot(results: dict, path: Path) -> Path:
     b = results["batch"]
     for device, entry in results["devices"].items():
         rows = [r for r in entry["rows"] if r["iterations"] == 10]
+        if not rows:
+            continue
         pixels = [r["long_side"] for r in rows]
         if device == "cpu":
             ax.plot(
@@ -464,18 +504,16 @@ def plot(results: dict, path: Path) -> Path:
                 "o-",
                 label="pydensecrf2 (1 core)",
             )
-        ax.plot(
-            pixels,
-            [r["torch_b1"]["wall"]["median_ms"] for r in rows],
-            "s-",
-            label=f"torch, {device}",
-        )
-        ax.plot(
-            pixels,
-            [r[f"torch_b{b}"]["wall"]["median_ms"] for r in rows],
-            "^--",
-            label=f"torch, {device}, batch {b} (per image)",
-        )
+        styles = ("s-", "^--", "s:", "^:")
+        for name, style in zip(_torch_names(rows[0], b), styles, strict=False):
+            label = _column_title(name, rows[0], device).replace(" (speedup)", "")
+            ax.plot(
+                pixels,
+                [r[name]["wall"]["median_ms"] for r in rows],
+                style,
+                label=label.replace("torch ms/img", "torch per image").replace("torch ms", "torch")
+                + ("" if device == "cpu" else f", {device}"),
+            )
     ax.set_xlabel("long side (px, 4:3)")
     ax.set_ylabel("ms per image (10 iterations)")
     ax.set_yscale("log")
@@ -497,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="batch for the batched torch row")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--all-cores", action="store_true", help="also time the torch rows on every CPU core"
+    )
     parser.add_argument("--reference", type=Path, help="a CPU results JSON (pydensecrf times)")
     parser.add_argument("--run", type=Path, help="a finished run: mIoU with both CRFs")
     parser.add_argument("--max-images", type=int, default=200, help="images per split (--run)")
@@ -526,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_speed:
         rows = speed_rows(
             args.device, args.sizes, args.iterations, args.presets, args.labels, args.batch,
-            args.repeats, say,
+            args.repeats, say, cores=(os.cpu_count() or 1) if args.all_cores else args.threads,
         )  # fmt: skip
         reference = json.loads(args.reference.read_text())["rows"] if args.reference else None
         add_speedups(rows, reference, args.batch)

@@ -21,12 +21,13 @@ and groups the splat entries; blur neighbours come from a vectorised open-addres
 (one direction looked up, the other its inverse). Splat, the d+1 blur passes ([1/2, 1, 1/2]
 per axis, composed two at a time) and slice (scaled by 1 / (1 + 2^-d)) are weighted row sums
 run by ``embedding_bag`` (FBGEMM on CPU, a CUDA kernel on GPUs), built once per call and
-reused by every iteration. Both kernels share one stacked vertex table; the symmetric norms
-and Potts weights are folded into the splat and slice weights and the unary is added inside
-the slice. Images of a batch are disjoint blocks of one lattice (the image index is part of
-the key), so a batch costs one set of calls per iteration on a GPU; on CPU a batch goes in
-groups of up to ``CPU_BATCH_PIXELS`` pixels (a bigger table only adds cache misses). The
-Gaussian kernel's lattice depends on the image size alone and is cached per size.
+reused by every iteration; blur entries that point at absent neighbours (weight 0, most of
+the sparse bilateral lattice's) are dropped. The symmetric norms and Potts weights are folded
+into the splat and slice weights and the unary is added inside the slice. Images of a batch
+are disjoint blocks of one lattice (the image index is part of the key), so a batch costs one
+set of calls per iteration on a GPU; on CPU a batch goes image by image (``CPU_BATCH_PIXELS``:
+a shared table only adds cache misses). The Gaussian kernel's lattice depends on the image
+size alone and is cached per size.
 
 Error (measured against pydensecrf2 1.1; ``tests/test_crf_torch.py``, ``python -m
 wsss.bench.crf``). The lattice, hence the filter, is densecrf's; what differs is float32
@@ -59,10 +60,13 @@ _CODE_LIMIT = 1 << 62
 # a table allocated once. A fresh tensor above glibc's 32 MiB mmap ceiling (1024 x 768 x 21
 # floats) is mapped and page-faulted in anew on every call, which cost more than the filtering.
 _BLOCK_BYTES = 16 << 20
-# On CPU a batch runs in groups of at most this many pixels (at least one image): a bigger
-# lattice table only adds cache misses (measured 1.2-1.8x slower per image at 2 x 500 x 375 on a
-# 2-core host), while small images gain from sharing the per-call overhead. GPUs take it whole.
-CPU_BATCH_PIXELS = 1 << 18
+# On CPU a batch runs in groups of at most this many pixels (at least one image); GPUs take it
+# whole. 0: image by image. A shared lattice only adds cache misses on CPU (per image, 5
+# iterations, 1 thread: 4 x 256 x 192 118-127 ms one by one vs 143 ms in one lattice; 8 x 128 x
+# 96 29 vs 38-42 ms; 2 x 500 x 375 1.2-1.8x slower), and the Gaussian lattice of a size is
+# cached, so images after the first skip its build anyway. Tests raise it to run the shared
+# lattice (the GPU path) on CPU.
+CPU_BATCH_PIXELS = 0
 # A blur pass whose entries are at least this fraction zero-weight drops them (CSR rows).
 _SPARSE_BLUR = 0.25
 
@@ -723,9 +727,9 @@ def dense_crf_unary(images: Tensor, unary: Tensor, params: CRFParams) -> Tensor:
     """Mean field: images uint8 [B, H, W, 3], unary [B, K, H, W] (-log p) -> Q [B, K, H, W].
 
     Runs on the images' device: on CUDA the batch shares one lattice per kernel, on CPU it
-    goes in groups of at most ``CPU_BATCH_PIXELS`` pixels (at least one image). When a batch's
-    lattice keys need more than 62 bits (huge images with tiny sxy/srgb), the batch is split;
-    a single such image raises ValueError.
+    goes image by image (groups of at most ``CPU_BATCH_PIXELS`` pixels, at least one image).
+    When a batch's lattice keys need more than 62 bits (huge images with tiny sxy/srgb), the
+    batch is split; a single such image raises ValueError.
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"CRF needs uint8 images [B, H, W, 3], got {images.dtype} {images.shape}")
