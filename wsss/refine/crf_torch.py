@@ -58,8 +58,9 @@ from wsss.refine.crf import UNARY_CLIP, CRFParams
 _CODE_LIMIT = 1 << 62
 # CPU mean field: an operator whose result exceeds this many bytes writes it in row blocks into
 # a table allocated once. A fresh tensor above glibc's 32 MiB mmap ceiling (1024 x 768 x 21
-# floats) is mapped and page-faulted in anew on every call, which cost more than the filtering.
-_BLOCK_BYTES = 16 << 20
+# floats) is mapped and page-faulted in anew on every call, which cost more than the filtering
+# (2x at 1024 x 768); just below it, blocks only add copies (16 MiB: 6 % slower at 500 x 375).
+_BLOCK_BYTES = 30 << 20
 # On CPU a batch runs in groups of at most this many pixels (at least one image); GPUs take it
 # whole. 0: image by image. A shared lattice only adds cache misses on CPU (per image, 5
 # iterations, 1 thread: 4 x 256 x 192 118-127 ms one by one vs 143 ms in one lattice; 8 x 128 x
