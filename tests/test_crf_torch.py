@@ -213,6 +213,20 @@ def test_dropping_zero_blur_entries_keeps_the_sums():
     assert dense.without_zeros() is dense  # nothing to drop: rows stay as they are
 
 
+def test_blocked_tables_give_the_same_marginals(monkeypatch):
+    """Large images write their vertex tables in row blocks (CPU): the same marginals as whole
+    tables, up to float rounding (vectorised exp splits the rows differently)."""
+    rng = np.random.default_rng(7)
+    images = torch.from_numpy(np.stack([_photo("astronaut", 30, 40)]))
+    probs = torch.from_numpy(_smooth_probs(rng, 5, 30, 40)[None])
+    params = CRF_PRESETS["deeplab"]
+    whole = crf_torch.dense_crf(images, probs, params)
+    monkeypatch.setattr(crf_torch, "_BLOCK_BYTES", 4 * 5 * 64)  # 64 rows of 5 labels per block
+    blocked = crf_torch.dense_crf(images, probs, params)
+    torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=0)
+    assert torch.equal(blocked.argmax(1), whole.argmax(1))
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="unknown CRF implementation"):
         crf_select.check_impl("densecrf")
