@@ -282,8 +282,9 @@ def profile_torch(device: str, size: int, labels: int, preset: str, repeats: int
                         table = b(table)
                 with part(f"step: {name} slice"):
                     f.slice(table)
+            scores = -unary.contiguous()
             with part("step: softmax"):
-                crf_torch._softmax_(-unary.clone())
+                crf_torch._softmax_(scores)
             with part(f"mean field ({params.iterations} iterations)"):
                 crf_torch.mean_field(unary, pairwise, params.iterations)
     lattice_rows = [f.n_rows for f in pairwise.filters]
