@@ -412,7 +412,11 @@ def section(out_dir: Path, say: Callable[[str], None]) -> dict:
             cores=os.cpu_count() or 1,
         )
         add_speedups(rows, results["devices"].get("cpu", {}).get("rows"), SECTION_BATCH)
-        name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+        name = (
+            torch.cuda.get_device_name()
+            if device == "cuda"
+            else f"cpu ({os.cpu_count()} cores; pydensecrf2 always runs on one)"
+        )
         results["devices"][device] = {
             "name": name,
             "rows": rows,
