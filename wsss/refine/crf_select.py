@@ -9,8 +9,9 @@ torch is imported only for ``impl="torch"``: with the default this module, like 
 needs numpy and pydensecrf only (Triton Python backends import it).
 
 ``impl="torch"`` runs :mod:`wsss.refine.crf_torch` on ``device`` ("auto": CUDA when available,
-else CPU). :func:`dense_crf_batch` refines a batch of same-size images in one call (one lattice
-build and one sparse product per step for the whole batch): the fast path on a GPU.
+else CPU). :func:`dense_crf_batch` refines a batch of same-size images in one call: on a GPU
+one lattice build and one sparse product per step for the whole batch, on CPU image by image
+sharing the per-size Gaussian lattice (measured faster there than one big lattice).
 """
 
 from __future__ import annotations
