@@ -388,7 +388,7 @@ def quality_on_run(run_dir: Path, max_images: int, device: str, say) -> dict:
 
 # ``python -m wsss.bench --only crf``: sizes, iterations and repeats that fit in 20 minutes on a
 # 2-core CPU; the standalone CLI below takes any.
-SECTION_SIZES, SECTION_ITERATIONS, SECTION_REPEATS, SECTION_BATCH = (256, 500, 1024), (5, 10), 3, 4
+SECTION_SIZES, SECTION_ITERATIONS, SECTION_REPEATS, SECTION_BATCH = (256, 500, 1024), (5, 10), 5, 4
 
 
 def section(out_dir: Path, say: Callable[[str], None]) -> dict:
