@@ -17,29 +17,32 @@ remainder-0 point (round half to even, as its SSE code), ranks, barycentric weig
 simplex vertices, and the vertices of the zero padding point densecrf's SSE loop adds when
 H*W is not a multiple of 4. Vertex keys are packed into one int32/int64 code (image, key
 digits, remainder last for memory locality); one stable ``torch.sort`` numbers the vertices
-and groups the splat entries; blur neighbours come from a vectorised open-addressing hash table
-(one direction looked up, the other its inverse). Splat, the d+1 blur passes ([1/2, 1, 1/2]
-per axis, composed two at a time) and slice (scaled by 1 / (1 + 2^-d)) are weighted row sums
-run by ``embedding_bag`` (FBGEMM on CPU, a CUDA kernel on GPUs), built once per call and
-reused by every iteration; blur entries that point at absent neighbours (weight 0, most of
-the sparse bilateral lattice's) are dropped. The symmetric norms and Potts weights are folded
-into the splat and slice weights and the unary is added inside the slice. Images of a batch
-are disjoint blocks of one lattice (the image index is part of the key), so a batch costs one
-set of calls per iteration on a GPU; on CPU a batch goes image by image (``CPU_BATCH_PIXELS``:
-a shared table only adds cache misses). The Gaussian kernel's lattice depends on the image
-size alone and is cached per size.
+and groups the splat entries; blur neighbours come from a direct-address table (the 2-D
+lattice) or a vectorised open-addressing hash table (one direction looked up, the other its
+inverse). Splat, the d+1 blur passes ([1/2, 1, 1/2] per axis, composed two at a time) and
+slice (scaled by 1 / (1 + 2^-d)) are weighted row sums run by ``embedding_bag`` (FBGEMM on
+CPU, a CUDA kernel on GPUs), built once per call and reused by every iteration; blur entries
+that point at absent neighbours (weight 0, most of the sparse bilateral lattice's) are
+dropped. The symmetric norms and Potts weights are folded into the splat and slice weights.
+Images of a batch are disjoint blocks of one lattice (the image index is part of the key),
+so a batch costs one set of calls per iteration on a GPU; on CPU a batch goes image by image
+(``CPU_BATCH_PIXELS``: a shared table only adds cache misses). The Gaussian kernel's lattice
+depends on the image size alone and is cached per size.
 
 Error (measured against pydensecrf2 1.1; ``tests/test_crf_torch.py``, ``python -m
 wsss.bench.crf``). The lattice, hence the filter, is densecrf's; what differs is float32
 summation order, the folded norms and exp/log rounding. On random images and unaries and on
-scikit-image photographs at 500 x 375 with the psa, irn and deeplab presets (3 to 21 labels)
-the label maps agree on 100 % of pixels, marginals differ by at most 1.0e-4 (photographs:
-<= 1.6e-5, mean 4e-9), and pydensecrf's own KL energy of our marginals equals that of its
-marginals to 1.3e-7 relative. :func:`kl_divergence` sums in float64; pydensecrf sums in
-float32 and is off by up to 1e-3 relative on 500 x 375 x 21. The Gaussian (2-D) kernel uses
-the same lattice, not an exact separable Gaussian: the lattice itself approximates
-exp(-|f_i - f_j|^2 / 2) only to ~2 % (d = 2) and ~10 % (d = 5) relative error on random points,
-so an exact Gaussian would not match pydensecrf. Inference only (no gradients).
+scikit-image photographs at 500 x 375 with the psa, irn and deeplab presets (21 labels) the
+label maps agree on 100 % of pixels and marginals differ by 1e-8 on average; at most by 3e-6
+(psa), 7e-5 (irn) and 1e-5 (deeplab) on photographs, while on random images with irn's narrow
+colour kernel (srgb 5) ten iterations amplify float rounding at a few near-tied pixels to up
+to 4e-2 (about 120 of 7.9 M marginals above 1e-4, labels unchanged). pydensecrf's own KL
+energy of our marginals equals that of its marginals to 1e-5 relative (tests).
+:func:`kl_divergence` sums in float64; pydensecrf sums in float32 and is off by up to 1e-3
+relative on 500 x 375 x 21. The Gaussian (2-D) kernel uses the same lattice, not an exact
+separable Gaussian: the lattice itself approximates exp(-|f_i - f_j|^2 / 2) only to ~2 %
+(d = 2) and ~10 % (d = 5) relative error on random points, so an exact Gaussian would not
+match pydensecrf. Inference only (no gradients).
 """
 
 from __future__ import annotations
@@ -543,18 +546,6 @@ class LatticeFilter:
         """The filter: values float32 [P, C] -> [P, C]."""
         return self.slice(self.blurred(values))
 
-    def slice_plus_identity(self) -> _RowSums:
-        """The slice with one more entry per point p: row M + p, weight 1.
-
-        Applied to the table [M + P, C] whose last P rows hold x, it gives x + slice(table):
-        mean field adds the unary inside the slice instead of in a separate pass.
-        """
-        p = self.slice.index.shape[0]
-        own = torch.arange(self.n_rows, self.n_rows + p, device=self.slice.index.device)
-        index = torch.cat([self.slice.index, own[:, None].to(self.slice.index.dtype)], 1)
-        weight = torch.cat([self.slice.weight, self.slice.weight.new_ones(p, 1)], 1)
-        return _RowSums(index, weight)
-
 
 _Columns = tuple[list[Tensor], list[Tensor]]  # per entry: column index [M], weight [M]
 
@@ -660,39 +651,32 @@ def _softmax_(t: Tensor) -> Tensor:
 def mean_field(unary: Tensor, pairwise: Pairwise, iterations: int) -> Tensor:
     """densecrf ``inference``: unary float32 [P, K] (-log p) -> marginals Q float32 [P, K].
 
-    Q = softmax(-U), then ``iterations`` times Q = softmax(-U + pairwise(Q)). -U sits below
-    the first kernel's final vertex table so that its slice adds it
-    (:meth:`LatticeFilter.slice_plus_identity`). On CPU, results larger than ``_BLOCK_BYTES``
-    are written in row blocks into tables allocated once (Q is then overwritten in place).
+    Q = softmax(-U), then ``iterations`` times Q = softmax(pairwise(Q) - U). On CPU, results
+    larger than ``_BLOCK_BYTES`` are written in row blocks into tables allocated once (Q is
+    then overwritten in place).
     """
-    neg = -unary
-    p, k = neg.shape
-    rows = max(1, _BLOCK_BYTES // (4 * k)) if neg.device.type == "cpu" else max(p, 1)
+    p, k = unary.shape
+    rows = max(1, _BLOCK_BYTES // (4 * k)) if unary.device.type == "cpu" else max(p, 1)
     plans = []
-    for i, f in enumerate(pairwise.filters):
-        final = neg.new_empty(f.n_rows + (p if i == 0 else 0), k)
-        other = neg.new_empty(f.n_rows, k) if f.n_rows > rows else None
+    for f in pairwise.filters:
+        tables = (unary.new_empty(f.n_rows, k), unary.new_empty(f.n_rows, k))
         ops = [f.splat, *f.blur]
-        plan = []
-        for j, op in enumerate(ops):
-            last = j == len(ops) - 1
-            # Blocked ops alternate tables so that the last one writes ``final``.
-            dst = (final, other)[(len(ops) - 1 - j) % 2] if op.n_rows > rows else None
-            plan.append((op.blocks(rows), final if last and i == 0 else dst))
-        plans.append(plan)
-    first = pairwise.filters[0]
-    table0 = plans[0][-1][1]
-    table0[first.n_rows :] = neg
-    slices = [first.slice_plus_identity().blocks(rows)]
-    slices += [f.slice.blocks(rows) for f in pairwise.filters[1:]]
-    q = _softmax_(neg.clone())
+        # Blocked ops alternate between two tables allocated once.
+        plans.append(
+            [
+                (op.blocks(rows), tables[j % 2] if op.n_rows > rows else None)
+                for j, op in enumerate(ops)
+            ]
+        )
+    slices = [f.slice.blocks(rows) for f in pairwise.filters]
+    q = _softmax_(-unary)
     for _ in range(iterations):
         tables = [_run_plan(plan, q) for plan in plans]
         if len(slices[0]) == 1:
-            q = _softmax_(_slice_sum(slices, tables, 0))
+            q = _softmax_(_slice_sum(slices, tables, 0).sub_(unary))
             continue
         for b, (r0, r1, _) in enumerate(slices[0]):
-            q[r0:r1] = _softmax_(_slice_sum(slices, tables, b))
+            q[r0:r1] = _softmax_(_slice_sum(slices, tables, b).sub_(unary[r0:r1]))
     return q
 
 
@@ -709,7 +693,7 @@ def _run_plan(plan: list[tuple[list, Tensor | None]], x: Tensor) -> Tensor:
 
 
 def _slice_sum(slices: list[list], tables: list[Tensor], b: int) -> Tensor:
-    """Row block b of -U + sum_k slice_k(table_k): [rows, K]."""
+    """Row block b of sum_k slice_k(table_k): [rows, K]."""
     t = slices[0][b][2](tables[0])
     for blocks, table in zip(slices[1:], tables[1:], strict=True):
         t += blocks[b][2](table)
