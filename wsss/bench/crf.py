@@ -146,10 +146,10 @@ def speed_rows(
                 # name -> (call, images per call)
                 calls: dict[str, tuple[Callable[[], object], int]] = {}
                 for k in dict.fromkeys((1, batch)):
-                    calls[f"torch_b{k}"] = (lambda f=torch_call, k=k: f(k), k)
+                    calls[_torch_name(k)] = (lambda f=torch_call, k=k: f(k), k)
                     if more_threads:
                         fn = on_threads(lambda f=torch_call, k=k: f(k), cores)
-                        calls[f"torch_b{k}_threads{cores}"] = (fn, k)
+                        calls[_torch_name(k, cores)] = (fn, k)
                 calls["torch_b1_cached"] = (
                     lambda params=params, x=x, p=p: crf_torch.dense_crf(x[:1], p[:1], params),
                     1,
@@ -194,12 +194,17 @@ def agreement(images: np.ndarray, probs: np.ndarray, params, dev) -> dict:
     }
 
 
+def _torch_name(images: int, threads: int | None = None) -> str:
+    """Key of a torch row: ``torch_b4``, or ``torch_b4_threads2`` when timed on more threads."""
+    return f"torch_b{images}" + (f"_threads{threads}" if threads else "")
+
+
 def _torch_names(row: dict, batch: int) -> list[str]:
     """The torch rows of a speed row, one image then the batch, each then on all cores."""
     sizes = dict.fromkeys((1, batch))
-    names = [f"torch_b{k}" for k in sizes]
+    names = [_torch_name(k) for k in sizes]
     if row.get("cores", 1) > row.get("torch_threads", 1):
-        names += [f"torch_b{k}_threads{row['cores']}" for k in sizes]
+        names += [_torch_name(k, row["cores"]) for k in sizes]
     return [name for name in names if name in row]
 
 
@@ -282,7 +287,7 @@ def profile_torch(device: str, size: int, labels: int, preset: str, repeats: int
                         table = b(table)
                 with part(f"step: {name} slice"):
                     f.slice(table)
-            scores = -unary.contiguous()
+            scores = -unary
             with part("step: softmax"):
                 crf_torch._softmax_(scores)
             with part(f"mean field ({params.iterations} iterations)"):

@@ -185,7 +185,7 @@ def _key_code(base: Tensor, n_images: int) -> _KeyCode:
     if total >= _CODE_LIMIT:
         raise LatticeKeyOverflow(f"lattice keys of {n_images} image(s) need more than 62 bits")
     dtype = torch.int32 if total <= 2**32 else torch.int64
-    shift = 2**31 if 2**31 <= total <= 2**32 else 0
+    shift = 2**31 if dtype == torch.int32 and total > 2**31 else 0
     strides_t = torch.tensor(strides[::-1], dtype=torch.int64, device=base.device)
     return _KeyCode(lo, strides_t, 1, size, dtype, shift)
 
@@ -659,14 +659,13 @@ def mean_field(unary: Tensor, pairwise: Pairwise, iterations: int) -> Tensor:
     rows = max(1, _BLOCK_BYTES // (4 * k)) if unary.device.type == "cpu" else max(p, 1)
     plans = []
     for f in pairwise.filters:
-        tables = (unary.new_empty(f.n_rows, k), unary.new_empty(f.n_rows, k))
+        # Every splat and blur op has M rows: blocked ones alternate between two tables
+        # allocated once; unblocked ones return fresh tables.
+        blocked = f.n_rows > rows
+        buffers = (unary.new_empty(f.n_rows, k), unary.new_empty(f.n_rows, k)) if blocked else None
         ops = [f.splat, *f.blur]
-        # Blocked ops alternate between two tables allocated once.
         plans.append(
-            [
-                (op.blocks(rows), tables[j % 2] if op.n_rows > rows else None)
-                for j, op in enumerate(ops)
-            ]
+            [(op.blocks(rows), buffers[j % 2] if blocked else None) for j, op in enumerate(ops)]
         )
     slices = [f.slice.blocks(rows) for f in pairwise.filters]
     q = _softmax_(-unary)
