@@ -27,6 +27,7 @@ from PIL import Image
 from wsss.constants import voc_palette
 from wsss.export.ensembles import (
     RepositoryError,
+    configure_densecrf,
     copy_shared_models,
     read_config,
     write_all,
@@ -36,7 +37,7 @@ from wsss.refine.crf import CRF_PRESETS, dense_crf
 from wsss.serving.backend import RequestError, as_flag, config_parameters
 from wsss.serving.imaging import ImageError, decode_image, network_input, network_size
 from wsss.serving.maps import resize_bilinear, upsample_argmax
-from wsss.serving.models.densecrf import crf_params, refine_labels
+from wsss.serving.models.densecrf import crf_params, refine_labels, torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "client" / "segment.py"
@@ -293,6 +294,39 @@ def test_ensemble_writer(tmp_path):
     assert (tmp_path / "tiny_segment" / "config.pbtxt").stat().st_mtime_ns == before
 
 
+def test_configure_densecrf_sets_checked_parameters(tmp_path):
+    copy_shared_models(tmp_path)
+    path = tmp_path / "densecrf" / "config.pbtxt"
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    configure_densecrf(tmp_path, {"impl": "torch", "threads": "2"}, instances=1)
+    config = read_config(path)
+    params = config_parameters(_json_config(tmp_path / "densecrf"))
+    assert (params["impl"], params["threads"], params["preset"]) == ("torch", "2", "deeplab")
+    assert config.instance_group[0].count == 1 and config.backend == "python"
+    assert path.read_text().splitlines()[: len(header)] == header
+    assert crf_params(params).impl == "torch" and torch_threads(params) == 2
+    before = path.read_text()
+    bad = [({"impl": "fast"}, "unknown CRF implementation"), ({"threads": "0"}, "threads")]
+    bad += [({"colour": "1"}, "no parameter"), ({"preset": "nope"}, "unknown CRF preset")]
+    for settings, message in bad:
+        with pytest.raises(ValueError, match=message):
+            configure_densecrf(tmp_path, settings)
+    with pytest.raises(RepositoryError, match="instance"):
+        configure_densecrf(tmp_path, {}, instances=0)
+    assert path.read_text() == before  # a rejected change leaves the file as it was
+    cli = [sys.executable, "-m", "wsss.export.ensembles", str(tmp_path)]
+    done = subprocess.run(
+        [*cli, "--densecrf", "impl=pydensecrf", "--densecrf-instances", "2"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert read_config(path).parameters["impl"].string_value == "pydensecrf"
+    assert read_config(path).instance_group[0].count == 2
+    for args in (["--densecrf", "impl"], ["--densecrf", "impl=fast"]):
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 2 and "error" in done.stderr
+
+
 def test_checked_in_repository_configs_parse():
     for name in ("decode", "preprocess", "densecrf"):
         config = read_config(ROOT / "serving" / "model_repository" / name / "config.pbtxt")
@@ -476,6 +510,29 @@ def test_segment_matches_in_process(server, repository, reference, protocol, siz
     np.testing.assert_array_equal(out["LABELS"], reference.labels(data))
 
 
+def test_segment_with_the_torch_crf_agrees_with_pydensecrf(server, repository, reference):
+    """densecrf reloaded with impl torch on two threads (Triton model control, config override)."""
+    import tritonclient.http as tc
+
+    config = _json_config(repository[0] / "densecrf")
+    config["parameters"]["impl"] = {"string_value": "torch"}
+    config["parameters"]["threads"] = {"string_value": "2"}
+    config["instance_group"][0]["count"] = 1
+    data = encode(photo(375, 500), "JPEG")
+    client = tc.InferenceServerClient(server.http_url)
+    try:
+        client.load_model("densecrf", config=json.dumps(config))
+        served = client.get_model_config("densecrf")["parameters"]
+        assert served["impl"]["string_value"] == "torch"
+        labels = infer(server, "http", f"{repository[1]}_segment", data, ["LABELS"])["LABELS"]
+    finally:
+        client.load_model("densecrf")  # back to the repository's config
+        client.close()
+    expected = reference.labels(data)
+    assert labels.shape == expected.shape
+    assert (labels == expected).mean() >= 0.99, (labels == expected).mean()
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_segment_without_crf_and_with_probabilities(server, repository, reference, protocol):
     data = encode(photo(120, 160), "PNG")
@@ -630,23 +687,38 @@ def test_bench_serving_stage_times_name_the_slowest_stage(tmp_path):
         "requests": 4, "queue_ms": 1.0, "compute_ms": 699.0, "total_ms": 700.0
     }  # fmt: skip
     lat = {"p50": 830.0, "p95": 900.0, "p99": 950.0, "mean": 875.0, "min": 800.0, "max": 960.0}
+    torch_times = {
+        "stages": {
+            **times["stages"],
+            "densecrf": {"compute_ms": 399.0, "queue_ms": 1.0, "total_ms": 400.0, "requests": 4},
+        },
+        "server_ms": 510.0,
+    }
+    torch_lat = {**lat, "p50": 530.0, "mean": 575.0}
     cells = []
-    for key in ("cam", "segment", "segment_no_crf"):
+    for key in ("cam", "segment", "segment_no_crf", "segment_torch_crf"):
+        torch_crf = key == "segment_torch_crf"
         for protocol in serving.PROTOCOLS:
             for clients in serving.CONCURRENCY:
                 cell = {"endpoint": key, "model": "m_segment", "protocol": protocol,
                         "clients": clients, "requests": 8, "count": 8, "errors": 0,
-                        "throughput_rps": 1.2, "latency_ms": lat, **times}  # fmt: skip
+                        "throughput_rps": 0.9 if torch_crf else 1.2,
+                        "latency_ms": torch_lat if torch_crf else lat,
+                        **(torch_times if torch_crf else times)}  # fmt: skip
                 cell["slowest"] = serving.slowest(cell)
                 cells.append(cell)
     top = serving.headline(cells)
     assert (top["stage"], top["share"], top["protocol"]) == ("densecrf", 0.8, "http")
     results = {"method": "m", "run_origin": "smoke run", "concurrency": [1, 2, 4],
                "image": {"name": "astronaut", "size": [512, 512], "bytes": 65000},
+               "torch_crf": {"instances": 1, "threads": 2},
                "load_average": [1.0, 1.5], "cells": cells, "slowest_stage": top}  # fmt: skip
     text = serving.markdown(results)
     assert "densecrf, 700 ms = 80% of the 875 ms end-to-end latency" in text
     assert text.count("| `m_segment` (CRF) |") == 6
+    assert text.count("| `m_segment` (CRF: torch, 2 threads) |") == 6
+    assert "densecrf stage takes 399 ms instead of 699 ms" in text
+    assert "p50 is 530 ms instead of 830 ms" in text and "0.90 req/s against 1.20" in text
     assert serving.plot(results, tmp_path / "serving.png").stat().st_size > 0
 
 

@@ -9,7 +9,8 @@ on free loopback ports. One real photo (scikit-image's astronaut, 512x512 JPEG) 
 clients. Around every measured cell Triton's statistics API gives, per composing model
 (decode, preprocess, the ONNX network, densecrf / cam_post), the mean queue and compute time
 per request; the slowest stage of a segment request and its share of the end-to-end latency
-are named.
+are named. A second server then runs ``densecrf`` with the PyTorch CRF (one instance on every
+core, :func:`wsss.export.ensembles.configure_densecrf`) and measures ``<method>_segment`` again.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ ENDPOINTS = (
     ("segment", "_segment", None, ["LABELS"], 16),
     ("segment_no_crf", "_segment", {"crf": False}, ["LABELS"], 32),
 )
+# The segment endpoint again, densecrf running the PyTorch CRF: one instance on every core
+# (lowest latency for one client; pydensecrf's two one-thread instances keep more throughput).
+TORCH_CRF = ("segment_torch_crf", "_segment", None, ["LABELS"], 16)
 LABELS = {
     "cam": "`{m}_cam`",
     "segment": "`{m}_segment` (CRF)",
     "segment_no_crf": "`{m}_segment` crf=false",
+    "segment_torch_crf": "`{m}_segment` (CRF: torch, {t} threads)",
 }
 WARMUP = 2  # unmeasured requests per endpoint and protocol
 TIMEOUT = 300.0  # seconds per request
@@ -146,13 +151,13 @@ def slowest(cell: dict) -> dict | None:
     }
 
 
-def measure(server, method: str, payload: bytes, say: Say) -> list[dict]:
+def measure(server, method: str, payload: bytes, say: Say, endpoints=ENDPOINTS) -> list[dict]:
     """Every endpoint x protocol x concurrency cell: run_load summary plus stage times."""
     from wsss.serving.load import run_load
 
     cells = []
     urls = {"http": server.http_url, "grpc": server.grpc_url}
-    for key, suffix, params, outputs, total in ENDPOINTS:
+    for key, suffix, params, outputs, total in endpoints:
         endpoint = method + suffix
         stages = ensemble_steps(server.http_url, endpoint)
         for protocol in PROTOCOLS:
@@ -193,7 +198,7 @@ def section(out_dir: Path, say: Say) -> dict:
     """Trains or finds the models, exports, serves, measures; the server always stops."""
     from PIL import Image
 
-    from wsss.export.ensembles import repository_from_run
+    from wsss.export.ensembles import configure_densecrf, repository_from_run
     from wsss.serving.server import TritonServer
 
     run, origin = find_run(out_dir, say)
@@ -208,6 +213,12 @@ def section(out_dir: Path, say: Say) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     with TritonServer(repository, 0, 0, 0, log_path=log) as server:
         cells = measure(server, method, payload, say)
+    threads = os.cpu_count() or 1
+    configure_densecrf(repository, {"impl": "torch", "device": "cpu", "threads": str(threads)}, 1)
+    say(f"serving: densecrf on the PyTorch CRF, 1 instance x {threads} threads")
+    torch_log = log.with_name("serving-triton-torch-crf.log")
+    with TritonServer(repository, 0, 0, 0, log_path=torch_log) as server:
+        cells += measure(server, method, payload, say, [TORCH_CRF])
     top = headline(cells)
     if top:
         say(f"serving: slowest stage of {top['model']}: {top['stage']} {top['share']:.0%}")
@@ -217,6 +228,7 @@ def section(out_dir: Path, say: Say) -> dict:
         "method": method,
         "image": {"name": IMAGE, "size": [height, width], "format": "JPEG", "bytes": len(payload)},
         "concurrency": list(CONCURRENCY),
+        "torch_crf": {"instances": 1, "threads": threads},
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cells": cells,
         "slowest_stage": top,
@@ -231,6 +243,33 @@ def _cell(results: dict, key: str, protocol: str, clients: int) -> dict | None:
             if (c["endpoint"], c["protocol"], c["clients"]) == (key, protocol, clients)
         ),
         None,
+    )
+
+
+def _label(results: dict, key: str) -> str:
+    """The endpoint's name in tables and plots."""
+    threads = results.get("torch_crf", {}).get("threads", "?")
+    return LABELS[key].format(m=results["method"], t=threads)
+
+
+def crf_comparison(results: dict) -> str | None:
+    """One sentence: the segment endpoint with each CRF (1 client p50, 4 clients' throughput)."""
+    rows = []
+    for key in ("segment", "segment_torch_crf"):
+        one = _cell(results, key, "http", 1)
+        many = _cell(results, key, "http", max(results["concurrency"]))
+        if one is None or many is None or "densecrf" not in one["stages"]:
+            return None
+        rows.append((one["stages"]["densecrf"]["compute_ms"], one["latency_ms"]["p50"], many))
+    (crf_ref, p50_ref, many_ref), (crf_torch, p50_torch, many_torch) = rows
+    threads = results["torch_crf"]["threads"]
+    return (
+        f"With the PyTorch CRF (`impl: torch`, 1 instance x {threads} threads) the densecrf "
+        f"stage takes {fmt(crf_torch, 0)} ms instead of {fmt(crf_ref, 0)} ms (pydensecrf2, 2 "
+        f"instances x 1 thread) and a segment request's p50 is {fmt(p50_torch, 0)} ms instead "
+        f"of {fmt(p50_ref, 0)} ms (1 client, HTTP); at {many_ref['clients']} clients it serves "
+        f"{fmt(many_torch['throughput_rps'], 2)} req/s against "
+        f"{fmt(many_ref['throughput_rps'], 2)}.\n"
     )
 
 
@@ -249,7 +288,7 @@ def markdown(results: dict) -> str:
         lat = cell["latency_ms"]
         rows.append(
             [
-                LABELS[cell["endpoint"]].format(m=method),
+                _label(results, cell["endpoint"]),
                 cell["protocol"],
                 cell["clients"],
                 fmt(cell["throughput_rps"], 2),
@@ -268,7 +307,10 @@ def markdown(results: dict) -> str:
             f"{fmt(top['ms'], 0)} ms = {top['share']:.0%} of the {fmt(top['latency_ms'], 0)} ms "
             f"end-to-end latency** (CRF on, 1 client, {top['protocol']}).\n"
         )
-    for key in ("segment", "cam"):
+    comparison = crf_comparison(results)
+    if comparison:
+        parts.append(comparison)
+    for key in ("segment", "segment_torch_crf", "cam"):
         stage_rows = []
         for clients in (1, max(results["concurrency"])):
             cell = _cell(results, key, "http", clients)
@@ -281,7 +323,7 @@ def markdown(results: dict) -> str:
             stage_rows.append(["end to end (client mean)", clients, fmt(mean), "", "100%"])
         if stage_rows:
             parts.append(
-                f"Per stage of {LABELS[key].format(m=method)} over HTTP (Triton statistics, mean "
+                f"Per stage of {_label(results, key)} over HTTP (Triton statistics, mean "
                 "ms per request; share = (compute + queue) / end-to-end):\n\n"
                 + markdown_table(["stage", "clients", "compute", "queue", "share"], stage_rows)
             )
@@ -295,16 +337,15 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    method = results["method"]
     fig, (ax_rate, ax_lat, ax_stage) = plt.subplots(1, 3, figsize=(13, 3.8))
-    for key, *_ in ENDPOINTS:
+    for key, *_ in (*ENDPOINTS, TORCH_CRF):
         for protocol, style in zip(PROTOCOLS, ("-o", "--s"), strict=True):
             cells = [
                 c for c in results["cells"] if (c["endpoint"], c["protocol"]) == (key, protocol)
             ]
             if not cells:
                 continue
-            label = f"{LABELS[key].format(m=method).replace('`', '')} {protocol}"
+            label = f"{_label(results, key).replace('`', '')} {protocol}"
             clients = [c["clients"] for c in cells]
             ax_rate.plot(clients, [c["throughput_rps"] for c in cells], style, label=label)
             ax_lat.plot(clients, [c["latency_ms"]["p50"] or 0 for c in cells], style, label=label)
@@ -317,11 +358,11 @@ def plot(results: dict, path: Path) -> Path:
     ax_rate.legend(fontsize=6)
     names: list[str] = []
     colours: dict[str, tuple] = {}
-    for key in ("cam", "segment_no_crf", "segment"):
+    for key in ("cam", "segment_no_crf", "segment", "segment_torch_crf"):
         cell = _cell(results, key, "http", 1)
         if cell is None:
             continue
-        names.append(LABELS[key].format(m=method).replace("`", ""))
+        names.append(_label(results, key).replace("`", ""))
         left = 0.0
         for stage, t in cell["stages"].items():
             new = stage not in colours
@@ -333,7 +374,7 @@ def plot(results: dict, path: Path) -> Path:
             left += t["total_ms"]
     ax_stage.legend(fontsize=6)
     ax_stage.set_yticks(range(len(names)), names, fontsize=7)
-    ax_stage.set_xlabel("ms per request, 1 client, HTTP (Triton statistics)")
+    ax_stage.set_xlabel("ms per request (Triton statistics), 1 client, HTTP", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

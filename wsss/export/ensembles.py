@@ -26,6 +26,7 @@ wsss.export.ensembles REPOSITORY`` after an export; ``serving/serve.py`` also do
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -286,6 +287,39 @@ def write_all(repository: str | Path) -> list[str]:
     ]
 
 
+def configure_densecrf(
+    repository: str | Path, parameters: dict[str, str], instances: int | None = None
+) -> Path:
+    """Sets config parameters (``impl``, ``threads``, ``iterations``, ...) of ``densecrf``.
+
+    ``instances``: its instance count (None: unchanged). The merged parameters are checked as
+    the model reads them (ValueError); the file keeps its leading comment block. Returns the
+    config path.
+    """
+    from wsss.serving.models.densecrf import crf_params, known_parameters, torch_threads
+
+    unknown = sorted(set(parameters) - set(known_parameters()))
+    if unknown:
+        raise RepositoryError(f"densecrf has no parameter {unknown}; known: {known_parameters()}")
+    path = Path(repository) / "densecrf" / "config.pbtxt"
+    config = read_config(path)
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    merged = {key: value.string_value for key, value in config.parameters.items()}
+    crf_params(merged)
+    torch_threads(merged)
+    if instances is not None:
+        if instances < 1 or len(config.instance_group) != 1:
+            raise RepositoryError(f"{path}: cannot set {instances} instance(s)")
+        config.instance_group[0].count = instances
+    lines = path.read_text().splitlines(keepends=True)
+    header = list(itertools.takewhile(lambda line: line.startswith("#"), lines))
+    tmp = path.with_suffix(".pbtxt.tmp")
+    tmp.write_text("".join(header) + text_format.MessageToString(config).rstrip("\n") + "\n")
+    tmp.replace(path)
+    return path
+
+
 def repository_from_run(
     run_dir: str | Path, repository: str | Path, say: Callable[[str], None] = print
 ) -> str:
@@ -305,18 +339,39 @@ def repository_from_run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m wsss.export.ensembles",
-        description="Write <method>_cam and <method>_segment ensembles for exported networks.",
+        description="Write <method>_cam and <method>_segment ensembles for exported networks; "
+        "optionally change the densecrf model's settings.",
+        epilog="example (the PyTorch CRF, one instance on two threads: lower latency for one "
+        "client): python -m wsss.export.ensembles --densecrf impl=torch --densecrf threads=2 "
+        "--densecrf-instances 1",
     )
     parser.add_argument("repository", nargs="?", default="serving/model_repository")
     parser.add_argument("--method", help="only this method (default: every exported one)")
+    parser.add_argument(
+        "--densecrf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a densecrf config parameter (impl=pydensecrf|torch, device, threads, preset, "
+        "iterations, bilateral_srgb, ...); repeatable",
+    )
+    parser.add_argument(
+        "--densecrf-instances", type=int, metavar="N", help="densecrf instance count"
+    )
     args = parser.parse_args(argv)
+    settings = dict(item.partition("=")[::2] for item in args.densecrf)
+    if any(not key or not value for key, value in settings.items()):
+        parser.error(f"--densecrf takes KEY=VALUE, got {args.densecrf}")
     try:
+        if settings or args.densecrf_instances is not None:
+            path = configure_densecrf(args.repository, settings, args.densecrf_instances)
+            print(f"wrote {path}")
         written = (
             write_method(args.repository, args.method)
             if args.method
             else write_all(args.repository)
         )
-    except RepositoryError as exc:
+    except (RepositoryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(f"wrote {args.repository}/{name}" for name in written) or "nothing exported")

@@ -4,7 +4,9 @@ Dense CRF (:func:`wsss.refine.crf_select.dense_crf`) at the network resolution (
 image resized to it, then the refined probabilities upsampled bilinearly to (H, W) and arg-maxed
 in row chunks. Config parameters: ``preset`` (a key of ``CRF_PRESETS``, default ``deeplab``) and
 any :class:`~wsss.refine.crf.CRFParams` field overriding it: ``iterations``,
-``bilateral_srgb``, ..., ``impl`` (``pydensecrf``, the reference, or ``torch``) and ``device``.
+``bilateral_srgb``, ..., ``impl`` (``pydensecrf``, the reference, or ``torch``) and ``device``;
+``threads``: PyTorch's intra-op threads in each instance for ``impl: torch`` on CPU (default 1,
+the server's ``OMP_NUM_THREADS``: instances x threads should not exceed the cores).
 Request parameters: ``crf`` (default true; false = plain argmax of the network's probabilities)
 and ``probabilities`` (default false; true adds PROBABILITIES float32 [K, h, w], the maps LABELS
 is the argmax of).
@@ -38,6 +40,21 @@ def crf_params(parameters: dict[str, str]) -> CRFParams:
     return replace(params, **overrides)
 
 
+def known_parameters() -> list[str]:
+    """The config parameters this model reads."""
+    return ["preset", "threads", *(field.name for field in fields(CRFParams))]
+
+
+def torch_threads(parameters: dict[str, str]) -> int | None:
+    """The ``threads`` config parameter as a positive int; None when unset (keep the default)."""
+    value = parameters.get("threads") or ""
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"densecrf parameter threads must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def refine_labels(
     image: np.ndarray, probs: np.ndarray, params: CRFParams | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +76,11 @@ class TritonPythonModel(PythonModel):
 
     def setup(self, parameters: dict[str, str]) -> None:
         self.params = crf_params(parameters)
+        threads = torch_threads(parameters)
+        if self.params.impl == "torch" and threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)  # this instance's own process
 
     def process(self, inputs: dict[str, np.ndarray], params: dict[str, Any]) -> dict:
         image, probs = inputs["IMAGE"], inputs["PROBS"]
