@@ -89,8 +89,9 @@ def test_random_unary_and_image_match_pydensecrf(preset):
 
 @pytest.mark.parametrize(
     ("photo", "preset", "k"),
-    [("astronaut", "deeplab", 21), ("coffee", "psa", 4), ("chelsea", "irn", 3)],
-)
+    [("astronaut", "deeplab", 21), ("coffee", "deeplab", 11), ("coffee", "psa", 4),
+     ("chelsea", "irn", 3)],
+)  # fmt: skip
 def test_photographs_match_pydensecrf(photo, preset, k):
     rng = np.random.default_rng(2)
     h, w = 96, 128
@@ -100,6 +101,15 @@ def test_photographs_match_pydensecrf(photo, preset, k):
     # The CRF does change the labels: the comparison is not trivially the unary's argmax.
     ref = dense_crf(image, np.exp(-unary), CRF_PRESETS[preset])
     assert (ref.argmax(0) != unary.argmin(0)).mean() > 0.01
+
+
+@pytest.mark.parametrize("k", [2, 11, 21, 40])
+def test_softmax_matches_float64(k):
+    """Both softmax paths (torch's kernel, the in-place passes) for label counts in and out
+    of the window where torch's is used."""
+    t = torch.randn(1000, k, generator=torch.Generator().manual_seed(k)) * 20
+    expected = torch.softmax(t.double(), 1).float()
+    torch.testing.assert_close(crf_torch._softmax_(t.clone()), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_select_numpy_api_matches_reference():
