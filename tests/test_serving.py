@@ -696,8 +696,8 @@ def test_bench_serving_stage_times_name_the_slowest_stage(tmp_path):
     }
     torch_lat = {**lat, "p50": 530.0, "mean": 575.0}
     cells = []
-    for key in ("cam", "segment", "segment_no_crf", "segment_torch_crf"):
-        torch_crf = key == "segment_torch_crf"
+    for key in ("cam", "segment", "segment_no_crf", "segment_torch_1x2"):
+        torch_crf = key == "segment_torch_1x2"
         for protocol in serving.PROTOCOLS:
             for clients in serving.CONCURRENCY:
                 cell = {"endpoint": key, "model": "m_segment", "protocol": protocol,
@@ -711,14 +711,18 @@ def test_bench_serving_stage_times_name_the_slowest_stage(tmp_path):
     assert (top["stage"], top["share"], top["protocol"]) == ("densecrf", 0.8, "http")
     results = {"method": "m", "run_origin": "smoke run", "concurrency": [1, 2, 4],
                "image": {"name": "astronaut", "size": [512, 512], "bytes": 65000},
-               "torch_crf": {"instances": 1, "threads": 2},
+               "torch_crf": serving.torch_layouts(2)[:1],
                "load_average": [1.0, 1.5], "cells": cells, "slowest_stage": top}  # fmt: skip
     text = serving.markdown(results)
     assert "densecrf, 700 ms = 80% of the 875 ms end-to-end latency" in text
     assert text.count("| `m_segment` (CRF) |") == 6
-    assert text.count("| `m_segment` (CRF: torch, 2 threads) |") == 6
-    assert "densecrf stage takes 399 ms instead of 699 ms" in text
-    assert "p50 is 530 ms instead of 830 ms" in text and "0.90 req/s against 1.20" in text
+    assert text.count("| `m_segment` (CRF: torch, 1x2) |") == 6
+    assert "1 instance x 2 threads: densecrf stage 399 ms against 699 ms" in text
+    assert "p50 530 against 830 ms" in text and "0.90 against 1.20 req/s at 4 clients" in text
+    assert [t["key"] for t in serving.torch_layouts(2)] == [
+        "segment_torch_1x2",
+        "segment_torch_2x1",
+    ]
     assert serving.plot(results, tmp_path / "serving.png").stat().st_size > 0
 
 

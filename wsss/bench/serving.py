@@ -9,8 +9,9 @@ on free loopback ports. One real photo (scikit-image's astronaut, 512x512 JPEG) 
 clients. Around every measured cell Triton's statistics API gives, per composing model
 (decode, preprocess, the ONNX network, densecrf / cam_post), the mean queue and compute time
 per request; the slowest stage of a segment request and its share of the end-to-end latency
-are named. A second server then runs ``densecrf`` with the PyTorch CRF (one instance on every
-core, :func:`wsss.export.ensembles.configure_densecrf`) and measures ``<method>_segment`` again.
+are named. Then ``densecrf`` runs the PyTorch CRF (:func:`wsss.export.ensembles.
+configure_densecrf`) in two layouts, one instance on every core and one one-thread instance per
+core, each on a server of its own, and ``<method>_segment`` is measured again.
 """
 
 from __future__ import annotations
@@ -31,15 +32,22 @@ ENDPOINTS = (
     ("segment", "_segment", None, ["LABELS"], 16),
     ("segment_no_crf", "_segment", {"crf": False}, ["LABELS"], 32),
 )
-# The segment endpoint again, densecrf running the PyTorch CRF: one instance on every core
-# (lowest latency for one client; pydensecrf's two one-thread instances keep more throughput).
-TORCH_CRF = ("segment_torch_crf", "_segment", None, ["LABELS"], 16)
 LABELS = {
     "cam": "`{m}_cam`",
     "segment": "`{m}_segment` (CRF)",
     "segment_no_crf": "`{m}_segment` crf=false",
-    "segment_torch_crf": "`{m}_segment` (CRF: torch, {t} threads)",
 }
+# The reference densecrf runs pydensecrf2 in 2 one-thread instances (the checked-in config).
+REFERENCE_CRF = {"instances": 2, "threads": 1}
+
+
+def torch_layouts(cores: int) -> list[dict]:
+    """densecrf layouts measured with the PyTorch CRF: all cores in one instance (latency) and
+    one one-thread instance per core (throughput), each with its endpoint key."""
+    layouts = [(1, cores), (cores, 1)] if cores > 1 else [(1, 1)]
+    return [{"key": f"segment_torch_{i}x{t}", "instances": i, "threads": t} for i, t in layouts]
+
+
 WARMUP = 2  # unmeasured requests per endpoint and protocol
 TIMEOUT = 300.0  # seconds per request
 IMAGE = "astronaut"
@@ -213,12 +221,15 @@ def section(out_dir: Path, say: Say) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     with TritonServer(repository, 0, 0, 0, log_path=log) as server:
         cells = measure(server, method, payload, say)
-    threads = os.cpu_count() or 1
-    configure_densecrf(repository, {"impl": "torch", "device": "cpu", "threads": str(threads)}, 1)
-    say(f"serving: densecrf on the PyTorch CRF, 1 instance x {threads} threads")
-    torch_log = log.with_name("serving-triton-torch-crf.log")
-    with TritonServer(repository, 0, 0, 0, log_path=torch_log) as server:
-        cells += measure(server, method, payload, say, [TORCH_CRF])
+    layouts = torch_layouts(os.cpu_count() or 1)
+    for layout in layouts:
+        settings = {"impl": "torch", "device": "cpu", "threads": str(layout["threads"])}
+        configure_densecrf(repository, settings, layout["instances"])
+        say(f"serving: densecrf on the PyTorch CRF, {_layout(layout)}")
+        torch_log = log.with_name(f"serving-triton-{layout['key']}.log")
+        with TritonServer(repository, 0, 0, 0, log_path=torch_log) as server:
+            endpoint = (layout["key"], "_segment", None, ["LABELS"], 16)
+            cells += measure(server, method, payload, say, [endpoint])
     top = headline(cells)
     if top:
         say(f"serving: slowest stage of {top['model']}: {top['stage']} {top['share']:.0%}")
@@ -228,7 +239,7 @@ def section(out_dir: Path, say: Say) -> dict:
         "method": method,
         "image": {"name": IMAGE, "size": [height, width], "format": "JPEG", "bytes": len(payload)},
         "concurrency": list(CONCURRENCY),
-        "torch_crf": {"instances": 1, "threads": threads},
+        "torch_crf": layouts,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cells": cells,
         "slowest_stage": top,
@@ -246,31 +257,52 @@ def _cell(results: dict, key: str, protocol: str, clients: int) -> dict | None:
     )
 
 
+def _layout(layout: dict) -> str:
+    """ "1 instance x 2 threads"."""
+    i, t = layout["instances"], layout["threads"]
+    return f"{i} instance{'s' * (i != 1)} x {t} thread{'s' * (t != 1)}"
+
+
 def _label(results: dict, key: str) -> str:
     """The endpoint's name in tables and plots."""
-    threads = results.get("torch_crf", {}).get("threads", "?")
-    return LABELS[key].format(m=results["method"], t=threads)
+    torch = next((t for t in results.get("torch_crf", []) if t["key"] == key), None)
+    if torch is not None:
+        return (
+            f"`{results['method']}_segment` (CRF: torch, {torch['instances']}x{torch['threads']})"
+        )
+    return LABELS[key].format(m=results["method"])
 
 
-def crf_comparison(results: dict) -> str | None:
-    """One sentence: the segment endpoint with each CRF (1 client p50, 4 clients' throughput)."""
-    rows = []
-    for key in ("segment", "segment_torch_crf"):
+def _endpoint_keys(results: dict) -> list[str]:
+    return [key for key, *_ in ENDPOINTS] + [t["key"] for t in results.get("torch_crf", [])]
+
+
+def crf_comparison(results: dict) -> list[str]:
+    """Per torch layout, one sentence against pydensecrf2: the densecrf stage and p50 at one
+    client, throughput at the most clients (HTTP)."""
+
+    def numbers(key: str) -> tuple | None:
         one = _cell(results, key, "http", 1)
         many = _cell(results, key, "http", max(results["concurrency"]))
         if one is None or many is None or "densecrf" not in one["stages"]:
             return None
-        rows.append((one["stages"]["densecrf"]["compute_ms"], one["latency_ms"]["p50"], many))
-    (crf_ref, p50_ref, many_ref), (crf_torch, p50_torch, many_torch) = rows
-    threads = results["torch_crf"]["threads"]
-    return (
-        f"With the PyTorch CRF (`impl: torch`, 1 instance x {threads} threads) the densecrf "
-        f"stage takes {fmt(crf_torch, 0)} ms instead of {fmt(crf_ref, 0)} ms (pydensecrf2, 2 "
-        f"instances x 1 thread) and a segment request's p50 is {fmt(p50_torch, 0)} ms instead "
-        f"of {fmt(p50_ref, 0)} ms (1 client, HTTP); at {many_ref['clients']} clients it serves "
-        f"{fmt(many_torch['throughput_rps'], 2)} req/s against "
-        f"{fmt(many_ref['throughput_rps'], 2)}.\n"
-    )
+        crf = one["stages"]["densecrf"]["compute_ms"]
+        return crf, one["latency_ms"]["p50"], many["throughput_rps"], many["clients"]
+
+    reference = numbers("segment")
+    lines = []
+    for layout in results.get("torch_crf", []):
+        torch = numbers(layout["key"])
+        if reference is None or torch is None:
+            continue
+        lines.append(
+            f"PyTorch CRF (`impl: torch`), {_layout(layout)}: densecrf stage "
+            f"{fmt(torch[0], 0)} ms against {fmt(reference[0], 0)} ms for pydensecrf2 "
+            f"({_layout(REFERENCE_CRF)}), segment p50 {fmt(torch[1], 0)} against "
+            f"{fmt(reference[1], 0)} ms (1 client, HTTP), {fmt(torch[2], 2)} against "
+            f"{fmt(reference[2], 2)} req/s at {reference[3]} clients.\n"
+        )
+    return lines
 
 
 def markdown(results: dict) -> str:
@@ -307,10 +339,8 @@ def markdown(results: dict) -> str:
             f"{fmt(top['ms'], 0)} ms = {top['share']:.0%} of the {fmt(top['latency_ms'], 0)} ms "
             f"end-to-end latency** (CRF on, 1 client, {top['protocol']}).\n"
         )
-    comparison = crf_comparison(results)
-    if comparison:
-        parts.append(comparison)
-    for key in ("segment", "segment_torch_crf", "cam"):
+    parts += crf_comparison(results)
+    for key in ("segment", "cam"):
         stage_rows = []
         for clients in (1, max(results["concurrency"])):
             cell = _cell(results, key, "http", clients)
@@ -337,8 +367,8 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_rate, ax_lat, ax_stage) = plt.subplots(1, 3, figsize=(13, 3.8))
-    for key, *_ in (*ENDPOINTS, TORCH_CRF):
+    fig, (ax_rate, ax_lat, ax_stage) = plt.subplots(1, 3, figsize=(13, 4.8))
+    for key in _endpoint_keys(results):
         for protocol, style in zip(PROTOCOLS, ("-o", "--s"), strict=True):
             cells = [
                 c for c in results["cells"] if (c["endpoint"], c["protocol"]) == (key, protocol)
@@ -355,10 +385,10 @@ def plot(results: dict, path: Path) -> Path:
         ax.set_xticks(results["concurrency"])
     ax_rate.set_yscale("log")
     ax_lat.set_yscale("log")
-    ax_rate.legend(fontsize=6)
     names: list[str] = []
     colours: dict[str, tuple] = {}
-    for key in ("cam", "segment_no_crf", "segment", "segment_torch_crf"):
+    torch_keys = [t["key"] for t in results.get("torch_crf", [])]
+    for key in ("cam", "segment_no_crf", "segment", *torch_keys):
         cell = _cell(results, key, "http", 1)
         if cell is None:
             continue
@@ -375,7 +405,8 @@ def plot(results: dict, path: Path) -> Path:
     ax_stage.legend(fontsize=6)
     ax_stage.set_yticks(range(len(names)), names, fontsize=7)
     ax_stage.set_xlabel("ms per request (Triton statistics), 1 client, HTTP", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.legend(*ax_rate.get_legend_handles_labels(), loc="lower left", ncol=4, fontsize=7)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
