@@ -711,6 +711,7 @@ def test_bench_serving_stage_times_name_the_slowest_stage(tmp_path):
     assert (top["stage"], top["share"], top["protocol"]) == ("densecrf", 0.8, "http")
     results = {"method": "m", "run_origin": "smoke run", "concurrency": [1, 2, 4],
                "image": {"name": "astronaut", "size": [512, 512], "bytes": 65000},
+               "reference_crf": {"instances": 2, "threads": 1},
                "torch_crf": serving.torch_layouts(2)[:1],
                "load_average": [1.0, 1.5], "cells": cells, "slowest_stage": top}  # fmt: skip
     text = serving.markdown(results)

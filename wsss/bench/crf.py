@@ -278,7 +278,7 @@ def profile_torch(device: str, size: int, labels: int, preset: str, repeats: int
                 crf_torch._grid_kernel(x.shape[1], x.shape[2], float(params.gaussian_sxy), dev)
             with part("build: the rest (bilateral lattice and norm, filter matrices)"):
                 pairwise = crf_torch.build_pairwise(x, params)
-            q = torch.softmax(-unary, 1)
+            q = crf_torch._softmax_(-unary)
             for name, f in zip(("Gaussian", "bilateral"), pairwise.filters, strict=True):
                 with part(f"step: {name} splat"):
                     table = f.splat(q)

@@ -37,8 +37,14 @@ LABELS = {
     "segment": "`{m}_segment` (CRF)",
     "segment_no_crf": "`{m}_segment` crf=false",
 }
-# The reference densecrf runs pydensecrf2 in 2 one-thread instances (the checked-in config).
-REFERENCE_CRF = {"instances": 2, "threads": 1}
+
+
+def reference_layout(repository: Path) -> dict:
+    """The exported densecrf's layout: its instance count, pydensecrf2's single thread each."""
+    from wsss.export.ensembles import read_config
+
+    config = read_config(repository / "densecrf" / "config.pbtxt")
+    return {"instances": config.instance_group[0].count, "threads": 1}
 
 
 def torch_layouts(cores: int) -> list[dict]:
@@ -219,6 +225,7 @@ def section(out_dir: Path, say: Say) -> dict:
     load_before = os.getloadavg()[0]
     log = out_dir / "runs" / "serving-triton.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    reference = reference_layout(repository)
     with TritonServer(repository, 0, 0, 0, log_path=log) as server:
         cells = measure(server, method, payload, say)
     layouts = torch_layouts(os.cpu_count() or 1)
@@ -239,6 +246,7 @@ def section(out_dir: Path, say: Say) -> dict:
         "method": method,
         "image": {"name": IMAGE, "size": [height, width], "format": "JPEG", "bytes": len(payload)},
         "concurrency": list(CONCURRENCY),
+        "reference_crf": reference,
         "torch_crf": layouts,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cells": cells,
@@ -265,11 +273,10 @@ def _layout(layout: dict) -> str:
 
 def _label(results: dict, key: str) -> str:
     """The endpoint's name in tables and plots."""
-    torch = next((t for t in results.get("torch_crf", []) if t["key"] == key), None)
-    if torch is not None:
-        return (
-            f"`{results['method']}_segment` (CRF: torch, {torch['instances']}x{torch['threads']})"
-        )
+    layout = next((t for t in results.get("torch_crf", []) if t["key"] == key), None)
+    if layout is not None:
+        size = f"{layout['instances']}x{layout['threads']}"
+        return f"`{results['method']}_segment` (CRF: torch, {size})"
     return LABELS[key].format(m=results["method"])
 
 
@@ -292,14 +299,14 @@ def crf_comparison(results: dict) -> list[str]:
     reference = numbers("segment")
     lines = []
     for layout in results.get("torch_crf", []):
-        torch = numbers(layout["key"])
-        if reference is None or torch is None:
+        ours = numbers(layout["key"])
+        if reference is None or ours is None:
             continue
         lines.append(
             f"PyTorch CRF (`impl: torch`), {_layout(layout)}: densecrf stage "
-            f"{fmt(torch[0], 0)} ms against {fmt(reference[0], 0)} ms for pydensecrf2 "
-            f"({_layout(REFERENCE_CRF)}), segment p50 {fmt(torch[1], 0)} against "
-            f"{fmt(reference[1], 0)} ms (1 client, HTTP), {fmt(torch[2], 2)} against "
+            f"{fmt(ours[0], 0)} ms against {fmt(reference[0], 0)} ms for pydensecrf2 "
+            f"({_layout(results['reference_crf'])}), segment p50 {fmt(ours[1], 0)} against "
+            f"{fmt(reference[1], 0)} ms (1 client, HTTP), {fmt(ours[2], 2)} against "
             f"{fmt(reference[2], 2)} req/s at {reference[3]} clients.\n"
         )
     return lines

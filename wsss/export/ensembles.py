@@ -296,7 +296,7 @@ def configure_densecrf(
     the model reads them (ValueError); the file keeps its leading comment block. Returns the
     config path.
     """
-    from wsss.serving.models.densecrf import crf_params, known_parameters, torch_threads
+    from wsss.serving.models.densecrf import known_parameters, model_settings
 
     unknown = sorted(set(parameters) - set(known_parameters()))
     if unknown:
@@ -306,8 +306,7 @@ def configure_densecrf(
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     merged = {key: value.string_value for key, value in config.parameters.items()}
-    crf_params(merged)
-    torch_threads(merged)
+    model_settings(merged)
     if instances is not None:
         if instances < 1 or len(config.instance_group) != 1:
             raise RepositoryError(f"{path}: cannot set {instances} instance(s)")

@@ -55,6 +55,11 @@ def torch_threads(parameters: dict[str, str]) -> int | None:
     return int(value)
 
 
+def model_settings(parameters: dict[str, str]) -> tuple[CRFParams, int | None]:
+    """(CRF settings, torch threads) from config parameters, as the model reads them."""
+    return crf_params(parameters), torch_threads(parameters)
+
+
 def refine_labels(
     image: np.ndarray, probs: np.ndarray, params: CRFParams | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +80,7 @@ class TritonPythonModel(PythonModel):
     name = "densecrf"
 
     def setup(self, parameters: dict[str, str]) -> None:
-        self.params = crf_params(parameters)
-        threads = torch_threads(parameters)
+        self.params, threads = model_settings(parameters)
         if self.params.impl == "torch" and threads is not None:
             import torch
 
