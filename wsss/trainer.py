@@ -25,6 +25,8 @@ from wsss.methods.base import StepInfo
 log = logging.getLogger("wsss")
 
 LossFn = Callable[[nn.Module, dict, StepInfo], dict[str, torch.Tensor]]
+# Called on rank 0 after every epoch: (1-based epoch, mean loss terms of the epoch, the model).
+EpochHook = Callable[[int, dict[str, float], nn.Module], None]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
@@ -66,6 +68,7 @@ def train(
     workers: int = 0,
     desc: str = "train",
     find_unused_parameters: bool = False,
+    on_epoch_end: EpochHook | None = None,
 ) -> dict[str, float]:
     """Trains ``model`` in place; returns the last epoch's mean loss terms.
 
@@ -73,6 +76,7 @@ def train(
     After every epoch model and optimiser state go to ``state_path`` (atomically), and a
     restarted run continues from the last finished epoch. max_step is the real number of
     optimiser steps (epochs x batches per epoch), so the poly schedule ends at zero.
+    ``on_epoch_end`` runs on rank 0 after each epoch, before its state is saved.
     """
     torch.manual_seed(seed)
     world = distributed.world_size()
@@ -135,6 +139,8 @@ def train(
             ", ".join(f"{k} {v:.4f}" for k, v in means.items()),
         )
         if distributed.is_main():
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, means, model)
             atomic_save(
                 {
                     "model": model.state_dict(),

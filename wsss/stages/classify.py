@@ -1,16 +1,76 @@
-"""Stage cls: train the method's classification network -> ``classifier.pt``."""
+"""Stage cls: train the method's classification network -> ``classifier.pt``.
+
+After every epoch the network's health is logged and kept in ``training.json``: the epoch's
+mean loss terms, the label-prior loss, and CAM health on a few training images
+(:mod:`wsss.health`); a classifier at the label prior or with non-positive CAMs is warned about
+while it trains, not discovered at the end of the run.
+"""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import torch
 
-from wsss import distributed
+from wsss import distributed, health
 from wsss.checkpoint import make_backbone, save_checkpoint
-from wsss.data.loaders import ClassificationDataset
+from wsss.data.loaders import ClassificationDataset, image_to_tensor
+from wsss.io import atomic_write_json
 from wsss.stages.context import Context
 from wsss.trainer import train
 
 OUTPUT = "classifier.pt"
+HISTORY = "training.json"
+CLS_TERM = "cls"  # every method names its classification loss term so
+
+
+class HealthLog:
+    """Epoch hook: label frequencies seen in training, CAM probe, warnings, ``training.json``."""
+
+    def __init__(self, ctx: Context, fresh: bool):
+        self.ctx, self.path = ctx, ctx.path(HISTORY)
+        old = json.loads(self.path.read_text()) if self.path.exists() and not fresh else {}
+        self.history: list[dict] = old.get("epochs", [])
+        self.prior: float | None = old.get("label_prior_loss")
+        self.label_sum: np.ndarray | None = None
+        self.label_count = 0
+        ids = ctx.ids(ctx.cfg.data.train_split)[: health.PROBE_IMAGES]
+        samples = [ctx.source.load(i) for i in ids]
+        self.images = [image_to_tensor(s.image).to(ctx.device) for s in samples]
+        self.labels = [s.labels for s in samples]
+
+    def wrap(self, loss_fn):
+        """The method's loss, counting the labels of every batch (for the label prior)."""
+
+        def counted(net, batch: dict, info):
+            labels = batch["labels"].detach().double().sum(0).cpu().numpy()
+            self.label_sum = labels if self.label_sum is None else self.label_sum + labels
+            self.label_count += len(batch["labels"])
+            return loss_fn(net, batch, info)
+
+        return counted
+
+    def __call__(self, epoch: int, means: dict[str, float], model) -> None:
+        if self.prior is None and self.label_count:
+            self.prior = health.prior_from_frequencies(self.label_sum / self.label_count)
+        cams = health.probe_cam_health(model, self.images, self.labels)
+        cls_loss = means.get(CLS_TERM)
+        found = health.warn_if_unhealthy(
+            f"cls[{self.ctx.method.name}]", epoch, cls_loss, self.prior, cams
+        )
+        self.history = [h for h in self.history if h["epoch"] < epoch]
+        self.history.append(
+            {"epoch": epoch, "losses": {k: round(v, 5) for k, v in means.items()}, **cams,
+             "problems": found}
+        )  # fmt: skip
+        atomic_write_json({"label_prior_loss": self.prior, "epochs": self.history}, self.path)
+
+
+def load_history(ctx: Context) -> dict:
+    """``training.json`` of the run ({} when the classifier was trained elsewhere)."""
+    path = ctx.path(HISTORY)
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def run(ctx: Context) -> dict:
@@ -26,10 +86,11 @@ def run(ctx: Context) -> dict:
         with_saliency=ctx.method.uses_saliency,
     )
     state = ctx.path(".cls.state.pt")
+    monitor = HealthLog(ctx, fresh=not state.exists()) if distributed.is_main() else None
     losses = train(
         model,
         dataset,
-        ctx.method.losses,
+        monitor.wrap(ctx.method.losses) if monitor else ctx.method.losses,
         cfg.optim,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -39,6 +100,7 @@ def run(ctx: Context) -> dict:
         workers=ctx.cfg.data.workers,
         desc=f"cls[{ctx.method.name}]",
         find_unused_parameters=ctx.method.ddp_find_unused_parameters,
+        on_epoch_end=monitor,
     )
     if distributed.is_main():
         save_checkpoint(ctx.path(OUTPUT), model.cpu(), "classifier", ctx.cfg, ctx.class_names)

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from wsss import distributed
+from wsss import distributed, health
 from wsss.cam import cams_to_labels, sweep_labels
 from wsss.checkpoint import load_deeplab
 from wsss.config import crf_params
@@ -25,8 +25,8 @@ from wsss.metrics import SegmentationMeter
 from wsss.models.deeplab import predict_probs
 from wsss.refine.crf_select import dense_crf
 from wsss.refine.pseudo import pseudo_mask
-from wsss.stages import affinity
-from wsss.stages.cams import load_cams
+from wsss.stages import affinity, classify
+from wsss.stages.cams import load_cams, load_maxima
 from wsss.stages.context import Context
 from wsss.stages.segment import OUTPUT as DEEPLAB
 from wsss.stages.segment import UPPER_BOUND
@@ -94,6 +94,29 @@ def evaluate_seeds_and_pseudo(ctx: Context) -> dict:
         },
         "seed_images": len(ids),
     }
+
+
+def training_health(ctx: Context) -> dict:
+    """The ``health`` block: last-epoch classification loss against the label prior (from
+    ``training.json``) and CAM health over the training split (from the stored CAM maxima)."""
+    history = classify.load_history(ctx)
+    epochs = history.get("epochs") or [{}]
+    cls_loss = epochs[-1].get("losses", {}).get(classify.CLS_TERM)
+    maxima, labels = [], []
+    n_classes = len(ctx.class_names) - 1
+    for image_id in ctx.ids(ctx.cfg.data.train_split):
+        if not (ctx.path("cams") / f"{image_id}.npz").exists():
+            continue
+        top = load_maxima(ctx.out, image_id)
+        if top is None:
+            continue
+        keys, _ = load_cams(ctx.out, image_id)
+        label = np.zeros(n_classes)
+        label[np.asarray(keys, dtype=np.int64) - 1] = 1
+        maxima.append(top)
+        labels.append(label)
+    cams = health.cam_maxima_health(maxima, labels)
+    return health.health_block(cls_loss, history.get("label_prior_loss"), cams)
 
 
 def _cam_figure(ctx: Context, ids: list[str], path, with_pseudo: bool) -> None:
@@ -184,6 +207,9 @@ def run(ctx: Context) -> dict:
         "supervision": "I+S" if ctx.method.uses_saliency else "I",
         "class_names": list(ctx.class_names),
     }
+    report["health"] = training_health(ctx)
+    if not report["health"]["healthy"]:
+        log.warning("unhealthy classifier: %s", "; ".join(report["health"]["problems"]))
     report.update(evaluate_seeds_and_pseudo(ctx))
     walked = affinity.evaluate(ctx, _scored_ids(ctx, ctx.cfg.data.seed_split))
     if walked:
