@@ -72,3 +72,69 @@ def test_unknown_section_is_a_one_line_error(capsys, tmp_path):
 def test_markdown_table_alignment():
     table = markdown_table(["a", "b"], [["x", "1.0"]])
     assert table.splitlines() == ["| a | b |", "|:--|--:|", "| x | 1.0 |"]
+
+
+def test_quality_section_repeats_seeds_and_renders(tmp_path, cache_dir):
+    """Two methods, two seeds, smoke preset: per-seed runs, summaries, seed 0's DeepLab."""
+    from wsss.bench import quality
+
+    results = quality.section(
+        tmp_path, lambda text: None, methods=("cam", "fbr"), preset="smoke", seeds=(0, 1)
+    )
+    cam = results["methods"]["cam"]
+    assert sorted(cam["reports"]) == ["0", "1"]
+    values = [cam["reports"][s]["seed_miou"] for s in ("0", "1")]
+    assert cam["summary"]["seed_miou"]["values"] == values
+    assert cam["summary"]["seed_miou"]["mean"] == round(sum(values) / 2, 2)
+    assert (tmp_path / "runs" / "cam" / "seed1" / "report.json").exists()
+    assert not (tmp_path / "runs" / "cam" / "seed1" / "deeplab.pt").exists()  # seed 0 only
+    assert cam["seed0"]["seg_miou"] is not None and cam["upper_bound_crf_miou"] is not None
+    assert cam["seed0"]["pseudo_miou_affinity"] is not None
+    assert "healthy" in cam["reports"]["0"]["health"]
+    text = quality.markdown(results)
+    assert "± " in text and "pseudo: CRF: vs cam" in text and "upper bound (true masks)" in text
+    fbr_row = next(line for line in text.splitlines() if line.startswith("| fbr "))
+    assert fbr_row.count("±") == 4 and fbr_row.rstrip(" |").split("| ")[-1] in (
+        "ok",
+        "**unhealthy** (seed 0)",
+        "**unhealthy** (seed 1)",
+        "**unhealthy** (seed 0, 1)",
+    )
+    assert quality.compute_seconds(results) > 0
+
+
+def test_versus_baseline_says_when_a_difference_is_within_the_spread():
+    from wsss.bench.quality import versus_baseline
+
+    base = {"summary": {"seed_miou": {"mean": 40.0, "std": 1.0}}}
+    near = {"summary": {"seed_miou": {"mean": 41.5, "std": 2.0}}}
+    far = {"summary": {"seed_miou": {"mean": 45.0, "std": 2.0}}}
+    assert versus_baseline(near, base, "seed_miou") == {
+        "delta": 1.5,
+        "spread": 2.0,
+        "beyond_spread": False,
+    }
+    assert versus_baseline(far, base, "seed_miou")["beyond_spread"]
+
+
+def test_ktse_ablation_table_compares_each_module_with_the_network_alone():
+    from wsss.bench import ktse_ablation
+
+    def row(mean, std, unhealthy=()):
+        entry = {"mean": mean, "std": std, "values": []}
+        summary = {k: entry for k, _ in ktse_ablation.SEED_KEYS}
+        return {"summary": {**summary, "unhealthy_seeds": list(unhealthy)}, "stage_seconds": {}}
+
+    results = {
+        "seeds": [0, 1, 2],
+        "variants": {
+            "network + L_cls": row(40.0, 1.0),
+            "+SIE": row(44.0, 1.0),
+            "+SSR": row(40.5, 1.0),
+            "all (ktse)": row(30.0, 2.0, unhealthy=(1,)),
+        },
+    }
+    text = ktse_ablation.markdown(results)
+    assert "| +SIE | 44.0 ± 1.0 |" in text and "+4.0 |" in text
+    assert "+0.5 (within spread)" in text
+    assert "**unhealthy** (seed 1)" in text

@@ -37,10 +37,12 @@ class DataConfig:
     workers: int = 0  # DataLoader worker processes
     # Built-in benchmark (wsss.data.synthetic); ignored by the other datasets.
     synthetic_seed: int = 0
-    # Sized so that `python -m wsss.bench --only quality` (six methods, two of them ~5x the
-    # baseline's cost per step) fits in about an hour on 2 CPU cores (first cut: 600 + 200
-    # images of 128 px took ~3 hours).
-    synthetic_size: int = 96  # image side in pixels
+    # Sized so that `python -m wsss.bench --only quality` (six methods x three seeds, their
+    # DeepLabs and the upper bound) fits in 100 minutes on 2 CPU cores. 128 px rather than 96:
+    # at output stride 8 a 96 px image gives 12 x 12 CAMs, too coarse for a part to stand apart
+    # from its body (generator v2: recall 60.1 % on parts and on bodies alike), and objects a
+    # few cells wide cap even full supervision (v2 upper bound 44.3 mIoU with CRF).
+    synthetic_size: int = 128  # image side in pixels
     synthetic_train: int = 320
     synthetic_val: int = 100
 
@@ -78,8 +80,8 @@ class ClsConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
     epochs: int = 8
     batch_size: int = 16
-    crop: int = 96
-    resize_long: tuple[int, int] = (84, 120)  # random long-side resize range before the crop
+    crop: int = 128
+    resize_long: tuple[int, int] = (112, 160)  # random long-side resize range before the crop
     color_jitter: float = 0.3  # brightness/contrast/saturation strength (PSA: 0.3)
     seed: int = 0
 
@@ -120,7 +122,7 @@ class SegConfig:
     aspp_rates: tuple[int, ...] = (6, 12, 18, 24)  # DeepLab v2 ASPP
     epochs: int = 16  # 8 left the loss falling steeply (0.49 -> 0.39 over the last 2 epochs)
     batch_size: int = 16
-    crop: int = 96
+    crop: int = 128
     scale_range: tuple[float, float] = (0.5, 1.5)  # random rescale before the crop
     test_scales: tuple[float, ...] = (1.0,)  # multi-scale inference (deeplab-pytorch: 0.5..1.75)
     test_flip: bool = True
@@ -163,7 +165,7 @@ class AffinityConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01))
     epochs: int = 6
     batch_size: int = 8
-    crop: int = 96  # psa/SEAM: 448
+    crop: int = 128  # psa/SEAM: 448
     color_jitter: float = 0.3  # psa ColorJitter(0.3, 0.3, 0.3, 0.1)
     seed: int = 0
     # Random walk (psa infer_aff.py): T = W^beta column-normalised, t = 2 ** logt steps, on the

@@ -26,8 +26,9 @@ from wsss.bench.common import describe, machine
 from wsss.io import atomic_write_json
 
 SECTIONS = {
-    "quality": "every method on the built-in benchmark (default preset): seeds, pseudo masks, "
-    "AffinityNet, DeepLab, upper bound",
+    "quality": "every method on the built-in benchmark (default preset), three training seeds: "
+    "seeds, pseudo masks, health; seed 0: AffinityNet, DeepLab, upper bound",
+    "ktse_ablation": "KTSE's Table 6 on the built-in benchmark: each module alone, three seeds",
     "inference": "CAM network and DeepLab: PyTorch eager vs ONNX Runtime, batch 1/4, 321/513 px",
     "serving": "local Triton end to end per endpoint, HTTP and gRPC, concurrency 1/2/4",
     "crf": "dense CRF time per image vs size: pydensecrf2 vs the PyTorch port; mIoU with each",
