@@ -44,6 +44,7 @@ from wsss.models.pcm import (
     propagate,
     seam_normalize_cam,
 )
+from wsss.trainer import total_loss
 
 EPS = 1e-5
 MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
@@ -398,13 +399,15 @@ def test_losses_step_on_tiny_network():
     }
     torch.manual_seed(7)
     terms = method.losses(net, batch, StepInfo(0, 0, 1))
-    assert set(terms) == {"cls", "minpool", "tcp", "cpcr"}
-    loss = sum(terms.values())
+    assert set(terms) == {"cls", "_cls", "minpool", "tcp", "cpcr"}
+    # "_cls": the original image's own classification loss (health), not trained.
+    assert not terms["_cls"].requires_grad and terms["_cls"] > 0
+    loss = total_loss(terms)
     assert torch.isfinite(loss)
     loss.backward()
     assert net.classifier.weight.grad is not None and net.pcm.embed.weight.grad is not None
     no_pool = CPN(CPNConfig(strategy="superpixel", n_segments=8, minpool_loss=False))
-    assert set(no_pool.losses(net, batch, StepInfo(0, 0, 1))) == {"cls", "tcp", "cpcr"}
+    assert set(no_pool.losses(net, batch, StepInfo(0, 0, 1))) == {"cls", "_cls", "tcp", "cpcr"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,6 +175,9 @@ def test_classification_loss_eq5():
     per = [(bce(x[0, 0].item(), 1) + bce(x[0, 1].item(), 0)) / 2 for x in o]
     expected = 0.5 * (per[0] + per[1]) + 0.5 * (per[2] + per[3])
     assert ecs_classification_loss(*o, labels).item() == pytest.approx(expected, rel=1e-5)
+    # pro_weight scales the refined-map half only (0: no classification loss on E).
+    without_e = 0.5 * (per[0] + per[1])
+    assert ecs_classification_loss(*o, labels, 0.0).item() == pytest.approx(without_e, rel=1e-5)
 
 
 def test_ce_loss_eq6_value_mask_and_empty_set():
@@ -220,9 +223,12 @@ def test_losses_warmup_and_cam_contract():
     batch = {"image": torch.rand(2, 3, 32, 32) * 255, "labels": torch.tensor([[1.0, 0, 1]] * 2)}
     late = method.losses(net, batch, StepInfo(0, 500, 1000))
     early = method.losses(net, batch, StepInfo(0, 0, 1000))
-    assert set(late) == {"cls", "ce"} and all(torch.isfinite(v) for v in late.values())
-    for key in late:
+    assert set(late) == {"cls", "ce", "_cls"} and all(torch.isfinite(v) for v in late.values())
+    for key in ("cls", "ce"):
         assert early[key].item() == pytest.approx(0.2 * late[key].item(), rel=1e-5)
+    # The health diagnostic: F's own classification loss, unscaled, detached.
+    assert early["_cls"].item() == pytest.approx(late["_cls"].item(), rel=1e-6)
+    assert not late["_cls"].requires_grad
     cams = net.cam(batch["image"])
     assert cams.shape == (2, 3, 4, 4) and cams.min() >= 0
     assert net(batch["image"])["logits"].shape == (2, 3)

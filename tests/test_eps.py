@@ -144,6 +144,34 @@ def test_losses_eq4_and_network_contract():
     assert net.cam(x).sum(1).max() < 1  # the background (last channel) takes the rest
 
 
+def test_bg_margin_read_out_is_each_class_against_the_background():
+    torch.manual_seed(0)
+    net = EPSNet(TinyBackbone(), 2, cam_mode="bg_margin")
+    x = torch.rand(1, 3, 16, 16) * 255
+    maps = net(x)["cams_all"]
+    probs = torch.softmax(maps, 1)
+    expected = probs[:, :2] / (probs[:, :2] + probs[:, 2:])  # p_c / (p_c + p_bg)
+    torch.testing.assert_close(net.cam(x), expected)
+    with pytest.raises(ValueError, match="bg_margin"):
+        EPSNet(TinyBackbone(), 2, cam_mode="other").cam(x)
+
+
+def test_warmup_trains_the_classification_loss_alone():
+    method = EPS(EPSConfig(warmup_fraction=0.25))
+    stub = lambda image: {  # noqa: E731
+        "logits": torch.tensor([[2.0, -1.0]]),
+        "cams_all": torch.zeros(1, 3, 2, 2),
+    }
+    batch = {
+        "image": torch.zeros(1, 3, 8, 8),
+        "labels": torch.tensor([[1.0, 0.0]]),
+        "saliency": torch.zeros(1, 1, 8, 8),
+    }
+    assert method.losses(stub, batch, StepInfo(0, 2, 10))["sal"].item() == 0.0
+    after = method.losses(stub, batch, StepInfo(0, 3, 10))["sal"].item()
+    assert after == pytest.approx((1 / 6) ** 2, rel=1e-5)
+
+
 def test_link_saliency(tmp_path):
     maps = tmp_path / "pfan"
     maps.mkdir()

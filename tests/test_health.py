@@ -81,7 +81,7 @@ def test_report_has_a_health_block(healthy_run):
         with np.load(npz) as data:
             maxima.append(data["maxima"])
             labels.append(np.isin(np.arange(1, 11), data["keys"]).astype(float))
-    positive = np.mean([(m[lab > 0] > 0).all() for m, lab in zip(maxima, labels)])
+    positive = np.mean([(m[lab > 0] > 0).all() for m, lab in zip(maxima, labels, strict=True)])
     assert block["present_cam_positive"] == pytest.approx(positive, abs=1e-4)
     assert block["healthy"] == (block["problems"] == [])
 

@@ -25,6 +25,7 @@ from wsss.methods.ktse import (
     masked_cross_entropy,
     max_norm,
     present_keys,
+    present_positive_fraction,
     pseudo_labels,
     sample_pairs,
     select_stacked,
@@ -194,9 +195,18 @@ def test_pseudo_labels_two_thresholds_absent_classes_and_ignore():
     assert y.shape == (1, 6, 12) and y.dtype == torch.long
     # red: 1 > 0.6 (confident fg); green: 0.1 < 0.35 < 0.6 (ignore); blue: bg at both scores.
     assert y[0, :, :4].eq(1).all() and y[0, :, 4:8].eq(255).all() and y[0, :, 8:].eq(0).all()
-    # A present class that is negative everywhere gives background, not a sign-flipped flood.
-    negative = pseudo_labels(image, cams - 5.0, labels, beta_h=0.6, beta_l=0.1, down_scale=1)
-    assert negative.eq(0).all()
+    # A present class that is negative everywhere: its image is ignored (default), or becomes
+    # background (clamped max), or the sign-flipped map floods it (the authors' division).
+    dead = cams - 5.0
+    common = dict(beta_h=0.6, beta_l=0.1, down_scale=1)
+    assert pseudo_labels(image, dead, labels, **common).eq(255).all()
+    assert pseudo_labels(image, dead, labels, dead_class="background", **common).eq(0).all()
+    assert pseudo_labels(image, dead, labels, dead_class="code", **common).eq(1).all()
+    # Only the dead image is ignored in a batch.
+    both = pseudo_labels(
+        image.expand(2, -1, -1, -1), torch.cat([cams, dead]), labels.repeat(2, 1), **common
+    )
+    assert torch.equal(both[0], y[0]) and both[1].eq(255).all()
     y2 = pseudo_labels(image.expand(2, -1, -1, -1), cams.expand(2, -1, -1, -1), labels.repeat(2, 1))
     assert y2.shape == (2, 6, 12)  # default half-resolution PAR, labels back at full size
     assert set(y2.unique().tolist()) <= {0, 1, 255}
@@ -302,6 +312,15 @@ def test_gpp_and_network_contracts():
     assert GatedPyramidPooling(2)(torch.rand(1, 2, 5, 5)).shape == (1, 2)
 
 
+def test_gap_score_is_the_mean_of_the_foreground_features():
+    net = KTSENet(TinyBackbone(), 3, score="gap")
+    assert net.gpp is None and {id(m) for m in net.new_modules()} == {id(net.fc8), id(net.fc9)}
+    out = net(torch.rand(2, 3, 32, 32) * 255)
+    assert torch.allclose(out["logits"], out["cams"].mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match="gpp or gap"):
+        KTSENet(TinyBackbone(), 3, score="max")
+
+
 def _batch() -> dict:
     torch.manual_seed(0)
     labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float)
@@ -317,6 +336,42 @@ def test_warmup_is_classification_only():
     assert terms["cls"] > 0 and all(terms[k] == 0 for k in LOSS_NAMES if k != "cls")
     sum(terms.values()).backward()
     assert net.fc9.weight.grad[0].abs().sum() == 0  # background channel untouched by L_cls
+
+
+def test_present_positive_fraction_counts_images_with_every_present_class_positive():
+    cams = torch.tensor([[1.0, -1.0], [1.0, 2.0], [-1.0, -2.0], [5.0, 5.0]])[:, :, None, None]
+    labels = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    # image 0: class 2 dead; image 1 healthy; image 2 dead; image 3 unlabelled (not counted)
+    assert present_positive_fraction(cams, labels).item() == pytest.approx(1 / 3)
+
+
+def test_handover_waits_for_positive_cams_then_ramps():
+    method = KTSE(KTSEConfig(warmup_fraction=0.1, handover_cam_positive=0.9, ramp_fraction=0.5))
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    dead = torch.tensor([[-1.0, 0.0], [0.0, 1.0]])[:, :, None, None]
+    alive = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None, None]
+    assert method.auxiliary_weight(StepInfo(0, 0, 10), alive, labels) == 0.0  # warm-up
+    assert method.auxiliary_weight(StepInfo(0, 2, 10), dead, labels) == 0.0  # 50 % positive
+    assert method.handed_over_at is None
+    assert method.auxiliary_weight(StepInfo(0, 3, 10), alive, labels) == pytest.approx(0.2)
+    assert method.handed_over_at == 3
+    # Kept on when the CAMs dip again; the ramp reaches 1 after 0.5 x 10 steps.
+    assert method.auxiliary_weight(StepInfo(0, 4, 10), dead, labels) == pytest.approx(0.4)
+    assert method.auxiliary_weight(StepInfo(0, 9, 10), dead, labels) == 1.0
+    plain = KTSE(KTSEConfig(warmup_fraction=0.1))  # the authors': hand over after the warm-up
+    assert plain.auxiliary_weight(StepInfo(0, 1, 10), dead, labels) == 1.0
+
+
+def test_auxiliary_losses_are_scaled_by_the_ramp():
+    full = KTSE(KTSEConfig(warmup_fraction=0.0))
+    ramped = KTSE(KTSEConfig(warmup_fraction=0.0, ramp_fraction=0.4))  # weight 1 / 4 at step 0
+    torch.manual_seed(1)
+    a = full.losses(KTSENet(TinyBackbone(), 3), _batch(), StepInfo(0, 0, 10))
+    torch.manual_seed(1)
+    b = ramped.losses(KTSENet(TinyBackbone(), 3), _batch(), StepInfo(0, 0, 10))
+    assert b["cls"] == a["cls"]
+    for key in ("ce_bg", "global", "local"):
+        assert b[key].item() == pytest.approx(a[key].item() / 4, rel=1e-5), key
 
 
 def test_full_step_runs_every_loss_and_trains_the_background_channel():

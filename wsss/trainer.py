@@ -49,6 +49,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
 
 
+def total_loss(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the loss terms; names starting with "_" are diagnostics, logged but not trained."""
+    return sum(v for k, v in terms.items() if not k.startswith("_"))
+
+
 def poly_lr(base_lr: float, step: int, max_step: int, power: float) -> float:
     """lr = base_lr * (1 - step / max_step) ** power."""
     return base_lr * (1.0 - min(step, max_step) / max_step) ** power
@@ -121,7 +126,7 @@ def train(
                 g["lr"] = poly_lr(optim.lr, step, max_step, optim.poly_power) * g["lr_mult"]
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             terms = loss_fn(net, batch, StepInfo(epoch, step, max_step))
-            loss = sum(terms.values())
+            loss = total_loss(terms)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)

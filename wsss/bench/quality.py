@@ -178,7 +178,15 @@ def section(
     """Runs every method with every seed; JSON-ready results keyed by method."""
     runs = out_dir / "runs"
     reports = {m: run_method(m, runs, preset, seeds, say) for m in methods}
-    return {"preset": preset, "seeds": list(seeds), "runs": str(runs), "methods": reports}
+    from wsss.data.synthetic import GENERATOR_VERSION
+
+    return {
+        "preset": preset,
+        "generator_version": GENERATOR_VERSION,
+        "seeds": list(seeds),
+        "runs": str(runs),
+        "methods": reports,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +268,13 @@ def markdown(results: dict) -> str:
         fmt(first.get("upper_bound_crf_miou")),
         "",
     ]
-    parts = [markdown_table(header, [*rows, upper])]
+    parts = [
+        "The benchmark's first training images (generator "
+        f"v{results.get('generator_version', '?')}; regions: distinctive parts red, water "
+        "blue, rails grey):\n\n"
+        f"![benchmark]({BENCHMARK_FIGURE})\n",
+        markdown_table(header, [*rows, upper]),
+    ]
     parts.append(
         f"Mean ± sample standard deviation over {n_seeds} training seeds (`cls.seed` "
         f"{', '.join(str(s) for s in results.get('seeds', []))}; same data). "
@@ -301,9 +315,31 @@ def markdown(results: dict) -> str:
     return "\n".join(parts)
 
 
+BENCHMARK_FIGURE = "benchmark.png"
+
+
+def benchmark_figure(preset: str, path: Path) -> Path:
+    """The first training images of the preset's benchmark with their masks, diagnostic
+    regions and saliency (:func:`wsss.data.synthetic.benchmark_figure`)."""
+    from wsss.config import PRESETS, RunConfig
+    from wsss.data.synthetic import SyntheticConfig, benchmark_figure
+
+    cfg = RunConfig()
+    PRESETS[preset](cfg)
+    d = cfg.data
+    synthetic = SyntheticConfig(
+        seed=d.synthetic_seed, image_size=d.synthetic_size, n_train=d.synthetic_train,
+        n_val=d.synthetic_val,
+    )  # fmt: skip
+    benchmark_figure(synthetic).save(path)
+    return path
+
+
 def plot(results: dict, path: Path) -> Path:
     """Grouped bars with the seeds' spread: seed and CRF pseudo-mask mIoU per method, and seed
-    0's DeepLab + CRF; the upper bound as a line."""
+    0's DeepLab + CRF; the upper bound as a line. Also writes the benchmark's image strip
+    (``benchmark.png``) beside it."""
+    benchmark_figure(results.get("preset", "default"), path.with_name(BENCHMARK_FIGURE))
     import matplotlib
 
     matplotlib.use("Agg")

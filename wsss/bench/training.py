@@ -49,7 +49,7 @@ def time_method(name: str, preset: str, say: Say) -> dict:
     from wsss.config import PRESETS, RunConfig
     from wsss.methods import StepInfo, get_method
     from wsss.pipeline import make_context
-    from wsss.trainer import build_optimizer
+    from wsss.trainer import build_optimizer, total_loss
 
     method_cls = get_method(name)
     cfg = RunConfig(method_name=name, preset=preset)
@@ -72,7 +72,7 @@ def time_method(name: str, preset: str, say: Say) -> dict:
         start = time.perf_counter()
         terms = method.losses(model, batch, StepInfo(cfg.cls.epochs - 1, steps - 1, steps))
         optimizer.zero_grad(set_to_none=True)
-        sum(terms.values()).backward()
+        total_loss(terms).backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()

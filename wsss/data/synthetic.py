@@ -634,11 +634,34 @@ def _save_png(array: np.ndarray, path: Path, palette: list[int] | None = None) -
     image.save(path, format="PNG")
 
 
-def _write_split(cfg: SyntheticConfig, out: Path, split: str, n: int, progress: bool) -> dict:
-    """Writes the images of one split; returns its statistics."""
+def _first_classes(cfg: SyntheticConfig, split: str, n: int) -> np.ndarray:
+    """Class of the first object of each of a split's n images: shuffled rounds of 1..10."""
     perm_rng = np.random.default_rng([cfg.seed, {"train": 0, "val": 1}[split], 2**31])
     n_cls = len(_STYLES)
-    order = np.concatenate([perm_rng.permutation(n_cls) + 1 for _ in range(n // n_cls + 1)])
+    return np.concatenate([perm_rng.permutation(n_cls) + 1 for _ in range(n // n_cls + 1)])
+
+
+def benchmark_figure(cfg: SyntheticConfig, n: int = 6, tile: int = 128):
+    """The first ``n`` training images as a PIL montage: image, ground truth, the diagnostic
+    regions (parts red, water blue, rails grey) and the saliency map."""
+    from wsss.visualize import colorize_mask, montage
+
+    rows = []
+    for i, first in enumerate(_first_classes(cfg, "train", n)[:n]):
+        item = render_image(cfg, "train", i, int(first))
+        regions = np.zeros_like(item["image"])
+        regions[item["context"] == WATER] = (40, 90, 230)
+        regions[item["context"] == RAILS] = (150, 150, 150)
+        regions[item["part"]] = (230, 30, 30)
+        saliency = np.repeat(item["saliency"][..., None], 3, axis=2)
+        rows.append([item["image"], colorize_mask(item["mask"]), regions, saliency])
+    titles = ["image", "ground truth", "parts / water / rails", "saliency"]
+    return montage(rows, titles, tile=tile)
+
+
+def _write_split(cfg: SyntheticConfig, out: Path, split: str, n: int, progress: bool) -> dict:
+    """Writes the images of one split; returns its statistics."""
+    order = _first_classes(cfg, split, n)
     palette = voc_palette(256)
     ids, labels, infos = [], {}, []
     indices = range(n)

@@ -47,6 +47,11 @@ class Method:
     def losses(self, model: nn.Module, batch: dict, info: StepInfo) -> dict[str, torch.Tensor]:
         """Named loss terms for one batch; their sum is minimised.
 
+        Names starting with "_" are diagnostics (detached), logged but not trained. "cls" (or
+        the diagnostic "_cls" where "cls" mixes several branches) is the multi-label soft
+        margin loss of the batch's own images, which the health checks compare with the label
+        prior (:mod:`wsss.health`).
+
         batch: "image" float [B, 3, H, W] in 0..255, "labels" float [B, C] multi-hot,
         "saliency" float [B, 1, H, W] in [0, 1] when ``uses_saliency``.
         """

@@ -292,7 +292,11 @@ class CPN(Method):
         raw = up(out["cams"]).split(b)  # (Y_o, Y_h, Y_h') raw [B, C, H, W]
         ref = up(out["refined"][:, 1:]).split(b)  # refined fg [B, C, H, W]
         mask = labels[:, :, None, None]
-        terms = {"cls": cfg.w_cls * classification_triplet_loss(out["logits"].split(b), labels)}
+        logits = out["logits"].split(b)
+        terms = {
+            "cls": cfg.w_cls * classification_triplet_loss(logits, labels),
+            "_cls": classification_loss(logits[0], labels).detach(),  # health: the original
+        }
         if cfg.minpool_loss:
             pooled = sum(min_pool_loss(r * mask, cfg.minpool_ratio) for r in ref) / 3
             terms["minpool"] = cfg.w_cls * pooled

@@ -69,6 +69,12 @@ class ECSConfig:
     pcm_embed: int = 192  # [R, SEAM] embedding width of f9 (195 -> 192)
     # -- losses (Eq. 5-7) --
     cls_weight: float = 1.0  # [P] Eq. 7
+    # Weight of Eq. 5's refined-map half (o_pro, o'_pro) against its CAM half. [P] 1. E lies in
+    # [0, 1], so the score GAP(E) of a present class never saturates and its loss keeps
+    # pulling every pixel of E towards the class; with E's inputs detached the cheapest way is
+    # a flat affinity (every pixel copies the peak): SEAM, whose PCM ECS uses, never puts a
+    # classification loss on E. 0 leaves E to the cross-entropy of Eq. 6.
+    pro_weight: float = 1.0
     ce_weight: float = 1.0  # [P] Eq. 7
     # [R] "image": E upsampled to M's size (SEAM convention); "feature": E and the labels at
     # F''s CAM grid (labels nearest-downsampled).
@@ -324,15 +330,16 @@ def ecs_classification_loss(
     o_pro: torch.Tensor,
     o_pro_erased: torch.Tensor,
     labels: torch.Tensor,
+    pro_weight: float = 1.0,
 ) -> torch.Tensor:
-    """Eq. 5: 1/2 (l(o_cam) + l(o'_cam)) + 1/2 (l(o_pro) + l(o'_pro)).
+    """Eq. 5: 1/2 (l(o_cam) + l(o'_cam)) + pro_weight / 2 (l(o_pro) + l(o'_pro)).
 
     Each o [B, C] holds the GAP foreground scores (background excluded, as Eq. 4 skips c = 0);
     l is Eq. 4 with its missing minus sign restored = the multi-label soft margin loss.
     """
     cam = classification_loss(o_cam, labels) + classification_loss(o_cam_erased, labels)
     pro = classification_loss(o_pro, labels) + classification_loss(o_pro_erased, labels)
-    return 0.5 * cam + 0.5 * pro
+    return 0.5 * cam + 0.5 * pro_weight * pro
 
 
 def erased_cam_ce_loss(
@@ -396,6 +403,7 @@ class ECS(Method):
             small["refined"][:, fg].mean(dim=(2, 3)),
             erased["refined"][:, fg].mean(dim=(2, 3)),
             labels,
+            cfg.pro_weight,
         )
         if cfg.ce_resolution == "image":
             ce_size = None
@@ -405,7 +413,11 @@ class ECS(Method):
             raise ValueError(f"ce_resolution must be image or feature, got {cfg.ce_resolution!r}")
         ce = erased_cam_ce_loss(small["refined"], target, ce_size, cfg.ce_temperature)
         scale = cfg.warmup_lr_ratio if info.step < cfg.warmup_steps else 1.0
-        return {"cls": scale * cfg.cls_weight * cls, "ce": scale * cfg.ce_weight * ce}
+        return {
+            "cls": scale * cfg.cls_weight * cls,
+            "ce": scale * cfg.ce_weight * ce,
+            "_cls": classification_loss(small["logits"], labels).detach(),  # health: H on x
+        }
 
     def apply_preset(self, preset: str, run_config) -> None:
         cfg = run_config.method

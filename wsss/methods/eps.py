@@ -51,8 +51,16 @@ class EPSConfig:
     sal_resolution: str = "logits"
     cls_weight: float = 1.0  # L_total = L_cls + L_sal (report Sec. 3.3)
     sal_weight: float = 1.0
+    # Beyond the authors (0 = none, as in their code): L_cls alone for this share of the steps.
+    # Until a labelled class's softmax passes 0.5 on salient pixels it counts as background,
+    # and L_sal then raises the estimated saliency there by moving probability to the absent
+    # classes (M_fg = 0, M_bg = present + background); the authors' 20k steps leave that phase
+    # within the first ~50, a 160-step run does not.
+    warmup_fraction: float = 0.0
     # cam(): "softmax" = softmax over the C + 1 maps, foreground channels (the authors'
-    # infer.py); "relu" = ReLU of the raw foreground maps (plain CAM).
+    # infer.py); "relu" = ReLU of the raw foreground maps (plain CAM); "bg_margin" = each
+    # class against the learned background alone, sigmoid(s_c - s_bg) = p_c / (p_c + p_bg)
+    # (this project: 0.5 is where the network calls the class as likely as the background).
     cam_mode: str = "softmax"
     # Provenance only: folder of the precomputed saliency maps (e.g. PFAN on VOC). The loaders
     # read <root>/Saliency/<id>.png; place or symlink the maps there (link_saliency does it).
@@ -85,13 +93,16 @@ class EPSNet(CamNet):
         return {"logits": fg.mean(dim=(2, 3)), "cams": fg, "cams_all": maps, "features": feature}
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
-        """Foreground maps [B, C, h, w] >= 0 (softmax over C + 1, as the authors infer)."""
+        """Foreground maps [B, C, h, w] >= 0 (``cam_mode``; softmax over C + 1 as the authors
+        infer)."""
         maps = self.forward(x)["cams_all"]
         if self.cam_mode == "softmax":
             return torch.softmax(maps, dim=1)[:, : self.num_classes]
         if self.cam_mode == "relu":
             return torch.relu(maps[:, : self.num_classes])
-        raise ValueError(f"cam_mode must be softmax or relu, got {self.cam_mode!r}")
+        if self.cam_mode == "bg_margin":
+            return torch.sigmoid(maps[:, : self.num_classes] - maps[:, self.num_classes :])
+        raise ValueError(f"cam_mode must be softmax, relu or bg_margin, got {self.cam_mode!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +209,8 @@ class EPS(Method):
         cfg = self.config
         out = model(batch["image"])
         cls = classification_loss(out["logits"], batch["labels"])  # Eq. 4
+        if info.step < cfg.warmup_fraction * info.max_step:
+            return {"cls": cfg.cls_weight * cls, "sal": cls.new_zeros(())}
         sal = saliency_loss(
             out["cams_all"],
             batch["saliency"],

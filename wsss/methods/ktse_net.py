@@ -7,7 +7,8 @@ Head (KTSE ``networks/resnet38d.py::Net_gpp``, fc8/fc9 as in AEFT)::
     F_fg  = F[:, 1:]                     "CAM features" of the C foreground classes
 
 Scores come from the gated pyramid pooling (GPP) of AEFT (Yoon et al., ECCV 2022), applied to
-F_fg only; CAM inference ignores GPP and returns ReLU(F_fg).
+F_fg only, or (``score="gap"``) from its global average as in a plain CAM network; CAM inference
+ignores the score head and returns ReLU(F_fg).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class KTSENet(CamNet):
     ``forward(x)`` returns {"logits": GPP scores [B, C], "cams": F_fg raw [B, C, h, w],
     "cams_all": F raw [B, C+1, h, w], "features": deepest backbone map}; with
     ``with_logits=False`` the GPP is skipped ("logits" absent), for the auxiliary branches.
-    ``cam(x)`` = ReLU(F_fg): the C foreground maps only, no GPP.
+    ``cam(x)`` = ReLU(F_fg): the C foreground maps only, no GPP. ``score="gap"`` replaces the
+    GPP scores by GAP(F_fg) (and the network has no GPP module).
     """
 
     def __init__(
@@ -86,14 +88,18 @@ class KTSENet(CamNet):
         num_classes: int,
         head_dim: int = 256,
         gpp_scales: tuple[int, ...] = (2, 4, 8, 16),
+        score: str = "gpp",
     ):
         super().__init__(backbone, num_classes)
+        if score not in ("gpp", "gap"):
+            raise ValueError(f"score must be gpp or gap, got {score!r}")
+        self.score = score
         del self.classifier  # replaced by the two-layer C+1 head
         self.fc8 = nn.Conv2d(backbone.out_channels, head_dim, 1, bias=False)
         self.fc9 = nn.Conv2d(head_dim, num_classes + 1, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
         nn.init.xavier_uniform_(self.fc9.weight)
-        self.gpp = GatedPyramidPooling(num_classes, gpp_scales)
+        self.gpp = GatedPyramidPooling(num_classes, gpp_scales) if score == "gpp" else None
 
     def head(self, feature: torch.Tensor) -> torch.Tensor:
         """Deepest backbone map [B, D, h, w] -> all C+1 CAM features [B, C+1, h, w]."""
@@ -104,7 +110,8 @@ class KTSENet(CamNet):
         cams_all = self.head(feature)
         out = {"cams": cams_all[:, 1:], "cams_all": cams_all, "features": feature}
         if with_logits:
-            out["logits"] = self.gpp(cams_all[:, 1:])
+            fg = cams_all[:, 1:]
+            out["logits"] = self.gpp(fg) if self.score == "gpp" else fg.mean(dim=(2, 3))
         return out
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,4 +119,4 @@ class KTSENet(CamNet):
         return F.relu(self.head(self.features(x)[-1])[:, 1:])
 
     def new_modules(self) -> list[nn.Module]:
-        return [self.fc8, self.fc9, self.gpp]
+        return [m for m in (self.fc8, self.fc9, self.gpp) if m is not None]

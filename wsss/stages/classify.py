@@ -22,7 +22,13 @@ from wsss.trainer import train
 
 OUTPUT = "classifier.pt"
 HISTORY = "training.json"
-CLS_TERM = "cls"  # every method names its classification loss term so
+# The loss term compared with the label prior: "_cls" where a method reports it (its "cls"
+# mixes several branches), else "cls" (wsss.methods.base.Method.losses).
+CLS_TERMS = ("_cls", "cls")
+
+
+def classification_term(losses: dict[str, float]) -> float | None:
+    return next((losses[k] for k in CLS_TERMS if k in losses), None)
 
 
 class HealthLog:
@@ -55,7 +61,7 @@ class HealthLog:
         if self.prior is None and self.label_count:
             self.prior = health.prior_from_frequencies(self.label_sum / self.label_count)
         cams = health.probe_cam_health(model, self.images, self.labels)
-        cls_loss = means.get(CLS_TERM)
+        cls_loss = classification_term(means)
         found = health.warn_if_unhealthy(
             f"cls[{self.ctx.method.name}]", epoch, cls_loss, self.prior, cams
         )

@@ -101,7 +101,7 @@ def training_health(ctx: Context) -> dict:
     ``training.json``) and CAM health over the training split (from the stored CAM maxima)."""
     history = classify.load_history(ctx)
     epochs = history.get("epochs") or [{}]
-    cls_loss = epochs[-1].get("losses", {}).get(classify.CLS_TERM)
+    cls_loss = classify.classification_term(epochs[-1].get("losses", {}))
     maxima, labels = [], []
     n_classes = len(ctx.class_names) - 1
     for image_id in ctx.ids(ctx.cfg.data.train_split):
