@@ -269,6 +269,20 @@ def _default(cfg: RunConfig) -> None:
     cfg.affinity.final_crf = "deeplab"
 
 
+def _gpu(cfg: RunConfig) -> None:
+    """The built-in benchmark at GPU scale: ``default`` with 1,200 training and 200 validation
+    images, twice the classifier epochs, batch 32, the PyTorch CRF on CUDA and data workers
+    (``bench/gpu/quality-on-gpu.sh`` runs every method in parallel on one GPU)."""
+    _default(cfg)
+    d = cfg.data
+    d.synthetic_train, d.synthetic_val, d.workers = 1200, 200, 2
+    cfg.cls.epochs, cfg.cls.batch_size = 16, 32
+    cfg.seg.epochs, cfg.seg.batch_size, cfg.seg.upper_bound_epochs = 24, 32, 40
+    cfg.affinity.batch_size = 16
+    cfg.crf.impl = "torch"
+    cfg.eval.n_figures = 2
+
+
 def _paper(cfg: RunConfig) -> None:
     """VOC 2012 on GPUs: ResNet-38 classifier (PSA/IRN recipe) and DeepLab v2 ResNet-101."""
     cfg.data.name = "voc"
@@ -291,14 +305,19 @@ def _paper(cfg: RunConfig) -> None:
     a.epochs, a.batch_size, a.crop = 8, 8, 448
 
 
+# The presets that run the built-in benchmark (methods adapt their constants to it alike).
+BENCHMARK_PRESETS = ("default", "gpu")
+
 PRESETS: dict[str, typing.Callable[[RunConfig], None]] = {
     "smoke": _smoke,
     "default": _default,
+    "gpu": _gpu,
     "paper": _paper,
 }
 PRESET_HELP = {
     "smoke": "whole pipeline in under a minute on 2 CPU cores (tests)",
     "default": "the built-in benchmark sized for a CPU machine (minutes)",
+    "gpu": "the built-in benchmark at GPU scale (1,200 training images, 16 epochs)",
     "paper": "each paper's VOC hyperparameters, for GPUs",
 }
 

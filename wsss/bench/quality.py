@@ -3,10 +3,10 @@
 Per method and training seed (``cls.seed`` 0, 1, 2; the same data), the classifier-side stages
 (cls, cam, pseudo, eval) in ``runs/<method>/seed<k>``: seeds, pseudo masks and the health
 block, reported as mean and standard deviation over the seeds. Seed 0's run goes on to DeepLab
-(its pseudo masks) and the shared fully supervised upper bound, and to one AffinityNet
-refinement of its CAMs (``runs/<method>/seed0+affinity``: stages affinity, walk and eval on
-links to seed 0's classifier, CAMs and pseudo masks), whose random-walk masks give the
-"+AffinityNet" column. Runs are resumable: an interrupted section picks up at the stage it
+(its pseudo masks) and the shared fully supervised upper bound; for the baseline and EPS also
+to one AffinityNet refinement of its CAMs (``runs/<method>/seed0+affinity``: stages affinity,
+walk and eval on links to seed 0's classifier, CAMs and pseudo masks), whose random-walk masks
+give the "+AffinityNet" column. Runs are resumable: an interrupted section picks up at the stage it
 stopped in.
 
 The KTSE ablation (its Table 6: each module alone, three seeds) is the ``ktse_ablation``
@@ -25,6 +25,9 @@ from wsss.bench.common import Say, fmt, markdown_table
 METHODS = ("cam", "ktse", "fbr", "cpn", "ecs", "eps")
 SEEDS = (0, 1, 2)
 BASELINE = "cam"
+# AffinityNet refines seed 0 of these (the baseline, and EPS, whose paper's pipeline ends with
+# it); the others would cost ~2 min each of the section's 100-minute budget.
+AFFINITY_METHODS = ("cam", "eps")
 # Shared with the first run: the classifier and everything the affinity stages read.
 AFFINITY_INPUTS = ("classifier.pt", "cams", "pseudo")
 # Classifier-side metrics: mean +- std over the seeds.
@@ -127,7 +130,7 @@ def run_method(method: str, runs: Path, preset: str, seeds: tuple[int, ...], say
         for s in seeds
     }
     first = reports[seeds[0]]
-    walked = refine_with_affinity(method, runs, preset, say)
+    walked = refine_with_affinity(method, runs, preset, say) if method in AFFINITY_METHODS else {}
     stage_seconds = {
         s: dict(r.get("stage_seconds", {})) for s, r in reports.items()
     }  # per seed: cls, cam, pseudo, eval (+ seg, upper)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.config import BENCHMARK_PRESETS
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
 from wsss.models.cam_net import CamNet
@@ -45,6 +46,13 @@ class EPSConfig:
     # Eq. 1: weight of M_fg against 1 - M_bg. Not in the report; the authors' code: 0.5.
     lam: float = 0.5
     binarize_threshold: float = 0.5  # Eq. 2: B_k(p) = 1 if M_k(p) > 0.5 (code: torch.round)
+    # Eq. 2's class map B_i: "absolute" = softmax > binarize_threshold [P+C]; "relative" = the
+    # map over its own maximum > binarize_threshold (this project). A labelled class whose
+    # softmax never passes 0.5 has no B_i, counts as background, and L_sal pushes it down on
+    # the salient pixels it should cover. On the benchmark only 4 % of the labelled classes
+    # were selected after the first epochs and 26 % at the end of a 160-step run (measured:
+    # _fg_selected); the authors' 20k steps make the maps confident first.
+    binarize: str = "absolute"
     overlap_eps: float = 1e-4  # code: O = |B_i n B_s| / (|B_i| + 1e-4); no pixel > 0.5 -> O = 0
     # Resolution of Eq. 2-3: "logits" = the code's (saliency nearest-downsampled to the stride-8
     # maps); "image" = softmax maps upsampled bilinearly to the saliency's size (not the code).
@@ -110,13 +118,23 @@ class EPSNet(CamNet):
 
 
 def overlap_ratio(
-    probs: torch.Tensor, saliency: torch.Tensor, threshold: float = 0.5, eps: float = 1e-4
+    probs: torch.Tensor,
+    saliency: torch.Tensor,
+    threshold: float = 0.5,
+    eps: float = 1e-4,
+    binarize: str = "absolute",
 ) -> torch.Tensor:
     """Eq. 2's O(M_i, M_s) = |B_i n B_s| / |B_i| with B = [M > threshold]; detached.
 
-    probs [B, C, h, w] class maps, saliency [B, 1, h, w] in [0, 1] -> [B, C].
+    probs [B, C, h, w] class maps, saliency [B, 1, h, w] in [0, 1] -> [B, C]. ``binarize``
+    "relative" compares each class map divided by its own maximum with the threshold.
     """
-    b_cls = (probs.detach() > threshold).float()
+    maps = probs.detach()
+    if binarize == "relative":
+        maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12)
+    elif binarize != "absolute":
+        raise ValueError(f"binarize must be absolute or relative, got {binarize!r}")
+    b_cls = (maps > threshold).float()
     b_sal = (saliency > threshold).float()
     inter = (b_cls * b_sal).sum(dim=(2, 3))
     return inter / (b_cls.sum(dim=(2, 3)) + eps)
@@ -152,13 +170,17 @@ def saliency_loss(
     threshold: float = 0.5,
     eps: float = 1e-4,
     resolution: str = "logits",
-) -> torch.Tensor:
+    return_selected: bool = False,
+    binarize: str = "absolute",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Eq. 3: L_sal = mean over B x h x w of (M_s - M^_s)^2 (the code's ``F.mse_loss``).
 
     maps [B, C+1, h, w] raw logits (background last), saliency [B, 1, H, W] in [0, 1], labels
     [B, C]. "logits": saliency nearest-downsampled to (h, w) (the code's F.interpolate default);
     "image": the softmax upsampled bilinearly to (H, W). The split (Eq. 2) uses detached maps;
-    gradients reach the network through M_fg and M_bg.
+    gradients reach the network through M_fg and M_bg. ``return_selected`` also returns the
+    share of labelled classes that Eq. 2 puts in the foreground (a detached diagnostic: a class
+    left in the background is pushed down on salient pixels).
     """
     probs = torch.softmax(maps, dim=1)
     saliency = saliency.detach()  # M_s is a fixed target
@@ -168,9 +190,14 @@ def saliency_loss(
         probs = F.interpolate(probs, saliency.shape[-2:], mode="bilinear", align_corners=False)
     else:
         raise ValueError(f"sal_resolution must be logits or image, got {resolution!r}")
-    foreground = overlap_ratio(probs[:, :-1], saliency, threshold, eps) > tau
+    foreground = overlap_ratio(probs[:, :-1], saliency, threshold, eps, binarize) > tau
     fg, bg = split_maps(probs, labels, foreground)
-    return F.mse_loss(estimated_saliency(fg, bg, lam), saliency)
+    loss = F.mse_loss(estimated_saliency(fg, bg, lam), saliency)
+    if return_selected:
+        present = labels > 0.5
+        selected = (foreground & present).sum() / present.sum().clamp(min=1)
+        return loss, selected.detach().float()
+    return loss
 
 
 def link_saliency(saliency_dir: str | Path, root: str | Path, subdir: str = SALIENCY_SUBDIR) -> int:
@@ -211,7 +238,7 @@ class EPS(Method):
         cls = classification_loss(out["logits"], batch["labels"])  # Eq. 4
         if info.step < cfg.warmup_fraction * info.max_step:
             return {"cls": cfg.cls_weight * cls, "sal": cls.new_zeros(())}
-        sal = saliency_loss(
+        sal, selected = saliency_loss(
             out["cams_all"],
             batch["saliency"],
             batch["labels"],
@@ -220,10 +247,25 @@ class EPS(Method):
             threshold=cfg.binarize_threshold,
             eps=cfg.overlap_eps,
             resolution=cfg.sal_resolution,
+            return_selected=True,
+            binarize=cfg.binarize,
         )
-        return {"cls": cfg.cls_weight * cls, "sal": cfg.sal_weight * sal}
+        return {"cls": cfg.cls_weight * cls, "sal": cfg.sal_weight * sal, "_fg_selected": selected}
 
     def apply_preset(self, preset: str, run_config) -> None:
+        if preset in BENCHMARK_PRESETS:
+            m: EPSConfig = run_config.method
+            # A 160-step run (the authors': 20k). Measured on the benchmark (seed 0; the
+            # baseline: seeds 46.9): the authors' recipe 45.6, 4-26 % of the labelled classes
+            # selected as foreground; each class's map against its own maximum (binarize),
+            # after a warm-up of L_cls alone, 54 % selected: 47.4; with L_sal weighted 5 (an
+            # MSE of probabilities on a 16 x 16 grid moves the maps little in 160 steps): 52.4,
+            # context called foreground 58 -> 9 %.
+            m.warmup_fraction, m.binarize, m.sal_weight = 0.25, "relative", 5.0
+            # Each class read against the learned background (then max-normalised like every
+            # method's CAM): seeds 45.6 -> 46.4 on the same classifier as the softmax read-out.
+            m.cam_mode = "bg_margin"
+            return
         if preset != "paper":
             return
         c = run_config.cls

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss import distributed
-from wsss.config import BackboneConfig, OptimConfig
+from wsss.config import BENCHMARK_PRESETS, BackboneConfig, OptimConfig
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
 from wsss.methods.fbr_losses import (
@@ -244,10 +244,19 @@ class FBR(Method):
 
     def apply_preset(self, preset: str, run_config) -> None:
         m = run_config.method
-        if preset in ("smoke", "default"):
-            # The synthetic train split has 600 images (<= 4,800 NROIs an epoch); VOC's 50K bank
+        if preset == "smoke" or preset in BENCHMARK_PRESETS:
+            # The synthetic train split has 320 images (<= 2,560 NROIs an epoch); VOC's 50K bank
             # holds ~0.6 of a 10,582-image epoch, so a few thousand keeps the same recency.
             m.bank_size = 4096
+        if preset in BENCHMARK_PRESETS:
+            # The contrast labels' thresholds on normalised CAMs, moved with the benchmark's seed
+            # threshold (0.15 -> 0.5, its band 0.4 / 0.6): the paper's 0.10 background score and
+            # 0.4 query ceiling were set for sharp VOC CAMs, and here they label most of the
+            # co-occurring context foreground. Measured (seed 0): 0.10 / 0.4 seeds 45.9, CRF
+            # masks 66.4; 0.4 / 0.6 seeds 46.6, CRF masks 68.2, context called foreground
+            # 48.8 -> 44.8 % (the baseline: 46.9, 62.6, 58.3 %).
+            m.bg_score, m.query_threshold = 0.4, 0.6
+        if preset != "paper":
             return
         if preset != "paper":
             return

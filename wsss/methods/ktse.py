@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss import distributed
-from wsss.config import OptimConfig, RunConfig
+from wsss.config import BENCHMARK_PRESETS, OptimConfig, RunConfig
 from wsss.constants import IGNORE_INDEX
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
@@ -131,6 +131,11 @@ class KTSEConfig:
     # Eq. 8 is printed as a signed difference GAP(F_a) - GAP(F_m), which is unbounded below as
     # a loss; the code's L1 over B x C (label-masked, no detach) is used (spec 7 #2).
     w_global: float = 1.0  # [C W[1]]
+    # Beyond the authors (False = their code, neither side detached): stop the gradient of L1's
+    # anchor side, so the erased image is pulled up to the anchor's class scores but the
+    # anchor is not pulled down to the erased image's. In a short run the second direction
+    # wins: +MGA alone lowered the seeds by 7 points (42.5 -> 35.4), recall on bodies 64 -> 44 %.
+    global_detach_anchor: bool = False
     local_margin: float = 0.05  # margin in ReLU(F_m - F_a - delta) [C]; the paper has none (0.0)
     # L_local only on positions not erased [C]; False = every position, Eq. 9 as printed [P].
     local_keep_only: bool = True
@@ -576,7 +581,10 @@ class KTSE(Method):
         cams_m = model(erased, with_logits=False)["cams"]
         keep = keep_feature if cfg.local_keep_only else None
         return {
-            "global": cfg.w_global * global_alignment_loss(cams, cams_m, labels),
+            "global": cfg.w_global
+            * global_alignment_loss(
+                cams.detach() if cfg.global_detach_anchor else cams, cams_m, labels
+            ),
             "local": cfg.w_local
             * local_alignment_loss(cams_m, cams, labels, keep, cfg.local_margin),
         }
@@ -616,7 +624,7 @@ class KTSE(Method):
         cfg = run_config.method
         if preset == "smoke":
             cfg.warmup_fraction = 0.0  # 1 epoch of 3 steps: every loss from the first step
-        elif preset == "default":
+        elif preset in BENCHMARK_PRESETS:
             _default_preset(run_config)
         elif preset == "paper":
             _paper_preset(run_config)
@@ -630,19 +638,23 @@ def scaled_dilations(dilations: tuple[int, ...], factor: float) -> tuple[int, ..
 def _default_preset(run: RunConfig) -> None:
     """KTSE on the CPU benchmark (160 steps of 128 px crops, MobileNetV2): docs/methods/ktse.md.
 
-    Each change keeps a module's idea and undoes a constant that assumes the authors' scale
-    (13,220 classification-only steps of 320 px ResNet-38 crops).
+    Each change keeps a module's idea and undoes what assumes the authors' scale (13,220
+    classification-only steps of 320 px ResNet-38 crops). Measured on the benchmark (seed 0,
+    seeds / CRF masks): the authors' recipe 20.9 / 15.9 (present-class CAMs non-positive on 97 %
+    of the probe images after the warm-up); all of the below 43.7 / 55.7, the network with L_cls
+    alone 42.5 / 55.2 (the plain CAM baseline 46.9 / 62.6).
     """
     m: KTSEConfig = run.method
-    # The authors' from_scratch_layers is empty: fc8 and fc9 train at 1x (the shared 10x with
-    # momentum 0.9 made their step 10x the authors').
-    run.cls.optim.head_lr_mult = 1.0
     m.score = "gap"  # GPP's zero trap: see KTSEConfig.score
+    # New layers keep the shared 10x. The authors train fc8/fc9 at 1x (their from_scratch_layers
+    # is empty), but over 13k warm-up steps; at 1x the 160-step classifier ended at loss 0.36
+    # (10x: 0.28) and seeds 22.8 (10x: 36.8, both before global_detach_anchor).
     m.handover_cam_positive = 0.9  # SSR/SIE/MGA start on positive present-class CAMs
     m.ramp_fraction = 0.25
     # PAR's dilations reach 24 px of a 160 px half-resolution map in the authors' setting; the
     # same share of a 64 px one.
     m.par_dilations = scaled_dilations(m.par_dilations, run.cls.crop / 320)
+    m.global_detach_anchor = True  # +MGA alone: 35.4 with both sides trained, see the field
 
 
 def _paper_preset(run: RunConfig) -> None:

@@ -1,0 +1,65 @@
+"""The benchmark presets (default, gpu) adapt each method's scale-bound constants; paper keeps
+the papers' values."""
+
+import pytest
+
+from wsss.cli import build_config, build_parser
+
+
+def config(method: str, preset: str):
+    args = [method, "--preset", preset] + (["--data", "voc", "--root", "x"] * (preset == "paper"))
+    return build_config(build_parser().parse_args(args))
+
+
+@pytest.mark.parametrize("preset", ["default", "gpu"])
+def test_benchmark_presets_adapt_each_method(preset):
+    ktse = config("ktse", preset).method
+    assert (ktse.score, ktse.handover_cam_positive, ktse.ramp_fraction) == ("gap", 0.9, 0.25)
+    assert ktse.global_detach_anchor and ktse.dead_class == "ignore"
+    assert ktse.par_dilations == (1, 2, 3, 5, 10)  # (1..24) x 128 / 320
+    ecs = config("ecs", preset).method
+    assert (ecs.pro_weight, ecs.infer_map, ecs.beta, ecs.head_dropout) == (0.0, "cam", 1.0, 0.0)
+    assert ecs.dilations == (1, 2, 3)
+    eps = config("eps", preset).method
+    assert (eps.binarize, eps.sal_weight, eps.warmup_fraction, eps.cam_mode) == (
+        "relative",
+        5.0,
+        0.25,
+        "bg_margin",
+    )
+    fbr = config("fbr", preset).method
+    assert (fbr.bg_score, fbr.query_threshold) == (0.4, 0.6)
+    cpn = config("cpn", preset).method
+    assert (cpn.strategy, cpn.grid_fractions, cpn.cam_dropout) == ("grid", (0.25, 0.5), 0.0)
+    assert not cpn.infer_refined
+
+
+def test_paper_preset_keeps_the_papers_constants():
+    ktse = config("ktse", "paper").method
+    assert ktse.score == "gpp" and ktse.handover_cam_positive == 0.0 and ktse.ramp_fraction == 0
+    assert not ktse.global_detach_anchor and ktse.par_dilations == (1, 2, 4, 8, 12, 24)
+    ecs = config("ecs", "paper").method
+    assert (ecs.pro_weight, ecs.infer_map, ecs.beta, ecs.dilations) == (
+        1.0,
+        "refined",
+        0.5,
+        (5, 7, 12),
+    )
+    eps = config("eps", "paper").method
+    assert (eps.binarize, eps.sal_weight, eps.warmup_fraction, eps.cam_mode) == (
+        "absolute",
+        1.0,
+        0.0,
+        "softmax",
+    )
+    fbr = config("fbr", "paper").method
+    assert (fbr.bg_score, fbr.query_threshold) == (0.10, 0.4)
+    cpn = config("cpn", "paper").method
+    assert cpn.strategy == "superpixel" and cpn.cam_dropout == 0.5 and cpn.infer_refined
+
+
+def test_gpu_preset_is_the_benchmark_at_a_larger_size():
+    gpu, default = config("cam", "gpu"), config("cam", "default")
+    assert gpu.data.synthetic_size == default.data.synthetic_size == 128
+    assert (gpu.data.synthetic_train, gpu.cls.epochs, gpu.crf.impl) == (1200, 16, "torch")
+    assert gpu.cam.bg_threshold == default.cam.bg_threshold == 0.5
