@@ -1,6 +1,7 @@
 """Every hyperparameter of a run, in one place, with presets and ``--set key=value`` overrides.
 
-A run's configuration is a tree of dataclasses. Presets (``smoke``, ``default``, ``paper``) are
+A run's configuration is a tree of dataclasses. Presets (``smoke``, ``default``, ``gpu``,
+``paper``) are
 functions that edit the tree; a method adds its own dataclass under ``method`` (see
 ``wsss.methods``). The whole tree is saved in ``config.json`` and inside every checkpoint.
 Torch-free.
@@ -257,6 +258,7 @@ def _default(cfg: RunConfig) -> None:
     # CAM pseudo masks, i.e. unconverged; it is trained once per benchmark and cached, so it
     # can afford 3x the epochs.
     cfg.seg.upper_bound_epochs = 24
+    # Read off generator v2 (96 px images, 12 x 12 grid) and not re-tuned for v3's 16 x 16.
     # The random walk on the 12 x 12 feature grid of a 96 px image: psa's t = 256 steps of radius
     # 5 mix the whole grid (walk masks 13.5 mIoU vs seeds 24.4 on the baseline), and its
     # background (1 - max fg) ** 16 crosses the CAM at ~0.1, not at this preset's seed

@@ -316,8 +316,8 @@ class CPN(Method):
         return terms
 
     def apply_preset(self, preset: str, run_config) -> None:
-        """``paper``: the CPN VOC recipe (Sec. 4.1; spec seed-cpn.md sections 5-6). ``default``:
-        two measured CPU-benchmark adaptations, each the paper's choice in ``paper``."""
+        """``paper``: the CPN VOC recipe (Sec. 4.1; spec seed-cpn.md sections 5-6). The benchmark
+        presets (default, gpu): three measured adaptations; ``paper`` keeps the paper's choices."""
         if preset in BENCHMARK_PRESETS:
             cfg: CPNConfig = run_config.method
             # Dropout2d(0.5) on MobileNetV2's 1280 channels kept the 8-epoch classifier at the

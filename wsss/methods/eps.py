@@ -53,7 +53,9 @@ class EPSConfig:
     # were selected after the first epochs and 26 % at the end of a 160-step run (measured:
     # _fg_selected); the authors' 20k steps make the maps confident first.
     binarize: str = "absolute"
-    overlap_eps: float = 1e-4  # code: O = |B_i n B_s| / (|B_i| + 1e-4); no pixel > 0.5 -> O = 0
+    # O = |B_i n B_s| / (|B_i| + eps); no pixel > 0.5 -> O = 0. The authors add 1e-4 per pixel
+    # inside the sum (|B_i| + 1e-4 h w); here once (negligible: 0.03 of a pixel at 16 x 16).
+    overlap_eps: float = 1e-4
     # Resolution of Eq. 2-3: "logits" = the code's (saliency nearest-downsampled to the stride-8
     # maps); "image" = softmax maps upsampled bilinearly to the saliency's size (not the code).
     sal_resolution: str = "logits"

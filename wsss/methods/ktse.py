@@ -68,8 +68,8 @@ class KTSEConfig:
     # Share of the optimiser steps with L_cls only. [C] T = 10 of 40 epochs (the paper does not
     # mention a warm-up, spec 7 #10). Measured in steps, so on the paper preset (40 epochs, fixed
     # batch) it is exactly epochs 0-9, and it scales with any epoch count: the default preset
-    # (10 epochs) warms up for 2.5 epochs, --set cls.epochs=4 for 1; apply_preset sets 0 for
-    # smoke (1 epoch of 3 steps) so every loss runs there from the first step.
+    # (8 epochs of 20 steps) warms up for 2 epochs, --set cls.epochs=4 for 1; apply_preset sets
+    # 0 for smoke (1 epoch of 3 steps) so every loss runs there from the first step.
     warmup_fraction: float = 0.25
     # Beyond the authors (0 = off, as in their code). After the warm-up, SSR, SIE and MGA start
     # only once the present-class CAMs are positive (maximum > 0) on at least this fraction of
@@ -636,7 +636,8 @@ def scaled_dilations(dilations: tuple[int, ...], factor: float) -> tuple[int, ..
 
 
 def _default_preset(run: RunConfig) -> None:
-    """KTSE on the CPU benchmark (160 steps of 128 px crops, MobileNetV2): docs/methods/ktse.md.
+    """KTSE on the built-in benchmark (default: 160 steps of 128 px crops, MobileNetV2; gpu:
+    about 600): docs/methods/ktse.md.
 
     Each change keeps a module's idea and undoes what assumes the authors' scale (13,220
     classification-only steps of 320 px ResNet-38 crops). Measured on the benchmark (seed 0,
