@@ -26,6 +26,8 @@ log = logging.getLogger("wsss")
 
 FORMAT_VERSION = 1
 KINDS = ("classifier", "deeplab")
+# State-dict key of a classifier trained with ``cls.score_bias`` (wsss.models.cam_net.ScoreBias).
+SCORE_BIAS_KEY = "score_bias.bias"
 
 
 class CheckpointError(ValueError):
@@ -128,7 +130,10 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
     method_cfg = from_dict(method_cls.Config, data["config"].get("method") or {})
     backbone = make_backbone(from_dict(BackboneConfig, data["backbone"]), load_pretrained=False)
     model = method_cls(method_cfg).build_model(backbone, len(data["class_names"]) - 1)
-    model.load_state_dict(data.pop("state_dict"))
+    state = data.pop("state_dict")
+    if SCORE_BIAS_KEY in state:  # trained with cls.score_bias
+        model.enable_score_bias(torch.full_like(state[SCORE_BIAS_KEY], 0.5))
+    model.load_state_dict(state)
     return model.eval(), data
 
 

@@ -85,6 +85,11 @@ class ClsConfig:
     resize_long: tuple[int, int] = (112, 160)  # random long-side resize range before the crop
     color_jitter: float = 0.3  # brightness/contrast/saturation strength (PSA: 0.3)
     seed: int = 0
+    # A per-class score bias set to the log-odds of the class frequencies (wsss.models.cam_net.
+    # ScoreBias). The papers' classifiers have none, so an 8-epoch run spends its first epochs
+    # pushing every CAM below zero to reach the label prior (measured: present-class CAMs
+    # positive on 0-28 % of images after epoch 1).
+    score_bias: bool = False
 
 
 @dataclass

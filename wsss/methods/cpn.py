@@ -126,7 +126,7 @@ class CPNNet(CamNet):
         feats = self.backbone(image)
         cams = self.classifier(self.dropout(feats[-1]))
         return {
-            "logits": cams.mean(dim=(2, 3)),
+            "logits": self.biased(cams.mean(dim=(2, 3))),
             "cams": cams,
             "features": feats[-1],
             "refined": self.refine(cams, image, feats),

@@ -272,7 +272,7 @@ class ECSNet(CamNet):
             maps, refine_in = maps.detach(), [f.detach() for f in refine_in]
         refined = self.pcm(pcm_input(maps, self.cfg.bg_alpha), image, refine_in)
         return {
-            "logits": cams.mean(dim=(2, 3)),
+            "logits": self.biased(cams.mean(dim=(2, 3))),
             "cams": cams,
             "refined": refined,
             "features": feats[-1],
@@ -318,7 +318,7 @@ class ECSNet(CamNet):
 
     def new_modules(self) -> list[nn.Module]:
         """B and the refine-module convs train at 10x (Sec. 4.2)."""
-        return [self.classifier, self.pcm]
+        return [self.classifier, self.pcm, *self.bias_modules()]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ class EPSNet(CamNet):
         feature = self.features(x)[-1]
         maps = self.classifier(feature)
         fg = maps[:, : self.num_classes]
-        return {"logits": fg.mean(dim=(2, 3)), "cams": fg, "cams_all": maps, "features": feature}
+        logits = self.biased(fg.mean(dim=(2, 3)))
+        return {"logits": logits, "cams": fg, "cams_all": maps, "features": feature}
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
         """Foreground maps [B, C, h, w] >= 0 (``cam_mode``; softmax over C + 1 as the authors

@@ -187,7 +187,7 @@ class FBRNet(CamNet):
         bg_pre = self.proj_bg(f)
         bg_hidden = torch.relu(self.bg_bn(bg_pre))
         return {
-            "logits": self.scores(f, cams),
+            "logits": self.biased(self.scores(f, cams)),
             "cams": cams,
             "features": f,
             "z_fg": torch.relu(self.proj_fg(f)),
@@ -201,4 +201,7 @@ class FBRNet(CamNet):
         return torch.relu(self.classifier(self.features(x)[-1]))
 
     def new_modules(self) -> list[nn.Module]:
-        return [self.classifier, self.proj_fg, self.proj_bg, self.bg_bn, self.bg_classifier]
+        return [
+            self.classifier, self.proj_fg, self.proj_bg, self.bg_bn, self.bg_classifier,
+            *self.bias_modules(),
+        ]  # fmt: skip

@@ -111,7 +111,8 @@ class KTSENet(CamNet):
         out = {"cams": cams_all[:, 1:], "cams_all": cams_all, "features": feature}
         if with_logits:
             fg = cams_all[:, 1:]
-            out["logits"] = self.gpp(fg) if self.score == "gpp" else fg.mean(dim=(2, 3))
+            scores = self.gpp(fg) if self.score == "gpp" else fg.mean(dim=(2, 3))
+            out["logits"] = self.biased(scores)
         return out
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,4 +120,4 @@ class KTSENet(CamNet):
         return F.relu(self.head(self.features(x)[-1])[:, 1:])
 
     def new_modules(self) -> list[nn.Module]:
-        return [m for m in (self.fc8, self.fc9, self.gpp) if m is not None]
+        return [m for m in (self.fc8, self.fc9, self.gpp) if m is not None] + self.bias_modules()

@@ -25,6 +25,8 @@ HISTORY = "training.json"
 # The loss term compared with the label prior: "_cls" where a method reports it (its "cls"
 # mixes several branches), else "cls" (wsss.methods.base.Method.losses).
 CLS_TERMS = ("_cls", "cls")
+# Images read to estimate the class frequencies behind ``cls.score_bias``.
+FREQUENCY_SAMPLE = 512
 
 
 def classification_term(losses: dict[str, float]) -> float | None:
@@ -79,10 +81,21 @@ def load_history(ctx: Context) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def label_frequencies(ctx: Context, limit: int = FREQUENCY_SAMPLE) -> torch.Tensor:
+    """Fraction of training images that hold each class [C], from up to ``limit`` images
+    spread evenly over the training split."""
+    ids = ctx.ids(ctx.cfg.data.train_split)
+    sample = ids[:: max(1, len(ids) // limit)]
+    labels = np.stack([ctx.source.load(i).labels for i in sample]).astype(np.float64)
+    return torch.from_numpy(labels.mean(axis=0))
+
+
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg.cls
     torch.manual_seed(cfg.seed)  # the new layers' initialisation belongs to the run's seed
     model = ctx.method.build_model(make_backbone(cfg.backbone), len(ctx.class_names) - 1)
+    if cfg.score_bias:
+        model.enable_score_bias(label_frequencies(ctx))
     dataset = ClassificationDataset(
         ctx.source,
         ctx.ids(ctx.cfg.data.train_split),
