@@ -1,5 +1,6 @@
 """cls.score_bias: a per-class bias on the pooled scores, set to the label prior's log-odds."""
 
+import json
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ from torch import nn
 
 from wsss import health
 from wsss.checkpoint import SCORE_BIAS_KEY, load_classifier, make_backbone, save_checkpoint
+from wsss.cli import main
 from wsss.config import BackboneConfig, RunConfig
 from wsss.methods.cam import classification_loss
 from wsss.methods.eps import EPSNet
@@ -95,3 +97,15 @@ def test_checkpoint_round_trip_keeps_the_bias(tmp_path):
     net.eval()
     torch.testing.assert_close(loaded(x)["logits"], net(x)["logits"])
     assert SCORE_BIAS_KEY in loaded.state_dict()
+
+
+def test_training_starts_the_bias_at_the_label_prior(tmp_path, cache_dir):
+    """lr 0 keeps the initial bias: its classes' prior loss is the one the training log reports."""
+    out = tmp_path / "biased"
+    args = ["cam", "--preset", "smoke", "--out", str(out), "--quiet", "--stages", "cls"]
+    sets = ["--set", "cls.epochs=1", "--set", "cls.optim.lr=0", "--set", "cls.score_bias=true"]
+    assert main([*args, *sets]) == 0
+    model, _ = load_classifier(out / "classifier.pt")
+    frequencies = torch.sigmoid(model.score_bias.bias.detach().double()).numpy()
+    logged = json.loads((out / "training.json").read_text())["label_prior_loss"]
+    assert abs(health.prior_from_frequencies(frequencies) - logged) < 1e-4
