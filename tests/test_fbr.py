@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from stubs import StubBackbone
 
 from wsss.methods.fbr import FBR, FBRConfig, fbr_terms
 from wsss.methods.fbr_losses import (
@@ -21,20 +21,6 @@ from wsss.methods.fbr_losses import (
     select_queries,
 )
 from wsss.methods.fbr_modules import FBRNet, NROIBank, batched_kmeans, thresholded_average_pool
-
-
-class StubBackbone(nn.Module):
-    """1x1 conv + ReLU at stride 4: a tiny stand-in with the backbone contract."""
-
-    out_channels = 6
-    channels = [6]
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 1)
-
-    def forward(self, x):
-        return [torch.relu(self.conv(x[:, :, ::4, ::4]))]
 
 
 def stub_net(**kw) -> FBRNet:

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import torch
+from stubs import StubBackbone
 from torch import nn
 
 from wsss import health
@@ -16,21 +17,6 @@ from wsss.methods.eps import EPSNet
 from wsss.methods.fbr_modules import FBRNet
 from wsss.models.cam_net import CamNet
 from wsss.trainer import build_optimizer
-
-
-class StubBackbone(nn.Module):
-    """1x1 conv + ReLU at stride 4 with the backbone contract."""
-
-    out_channels = 6
-    channels = [6]
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 1)
-
-    def forward(self, x):
-        return [torch.relu(self.conv(x[:, :, ::4, ::4]))]
-
 
 FREQUENCIES = torch.tensor([0.5, 0.2, 0.1])
 

@@ -1,8 +1,7 @@
 """Every hyperparameter of a run, in one place, with presets and ``--set key=value`` overrides.
 
 A run's configuration is a tree of dataclasses. Presets (``smoke``, ``default``, ``gpu``,
-``paper``) are
-functions that edit the tree; a method adds its own dataclass under ``method`` (see
+``paper``) are functions that edit the tree; a method adds its own dataclass under ``method`` (see
 ``wsss.methods``). The whole tree is saved in ``config.json`` and inside every checkpoint.
 Torch-free.
 """

@@ -147,9 +147,9 @@ class CPNNet(CamNet):
         out = self.forward(x)
         return torch.relu(out["refined"][:, 1:] if self.infer_refined else out["cams"])
 
-    def new_modules(self) -> list[nn.Module]:
+    def head_modules(self) -> list[nn.Module]:
         extra = [self.correlation, self.pcm] + ([self.prcm] if self.prcm is not None else [])
-        return [*super().new_modules(), *extra]
+        return [*super().head_modules(), *extra]
 
 
 # ---------------------------------------------------------------------------------------------

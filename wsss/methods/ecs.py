@@ -316,9 +316,9 @@ class ECSNet(CamNet):
             return out["refined"][:, BG_INDEX + 1 :]
         return torch.relu(out["cams"])
 
-    def new_modules(self) -> list[nn.Module]:
+    def head_modules(self) -> list[nn.Module]:
         """B and the refine-module convs train at 10x (Sec. 4.2)."""
-        return [self.classifier, self.pcm, *self.bias_modules()]
+        return [self.classifier, self.pcm]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -200,8 +200,5 @@ class FBRNet(CamNet):
         """ReLU'd foreground CAMs [B, C, h, w]; the FBR heads are not run (no inference cost)."""
         return torch.relu(self.classifier(self.features(x)[-1]))
 
-    def new_modules(self) -> list[nn.Module]:
-        return [
-            self.classifier, self.proj_fg, self.proj_bg, self.bg_bn, self.bg_classifier,
-            *self.bias_modules(),
-        ]  # fmt: skip
+    def head_modules(self) -> list[nn.Module]:
+        return [self.classifier, self.proj_fg, self.proj_bg, self.bg_bn, self.bg_classifier]

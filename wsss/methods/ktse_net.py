@@ -119,5 +119,5 @@ class KTSENet(CamNet):
         """ReLU'd foreground CAMs [B, C, h, w] (Eq. 1 before max normalisation)."""
         return F.relu(self.head(self.features(x)[-1])[:, 1:])
 
-    def new_modules(self) -> list[nn.Module]:
-        return [m for m in (self.fc8, self.fc9, self.gpp) if m is not None] + self.bias_modules()
+    def head_modules(self) -> list[nn.Module]:
+        return [m for m in (self.fc8, self.fc9, self.gpp) if m is not None]

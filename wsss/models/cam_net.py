@@ -58,10 +58,6 @@ class CamNet(nn.Module):
         """Pooled scores [B, C] plus the score bias where the network has one."""
         return scores if self.score_bias is None else self.score_bias(scores)
 
-    def bias_modules(self) -> list[nn.Module]:
-        """The score bias as a new layer (trained at the head's rate), if any."""
-        return [] if self.score_bias is None else [self.score_bias]
-
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Backbone stages, shallow to deep, for an RGB batch [B, 3, H, W]."""
         return self.backbone(self.normalize(x))
@@ -76,6 +72,12 @@ class CamNet(nn.Module):
         """Class activation maps for inference, ReLU applied: [B, C, h, w] (Zhou et al., Eq. 1)."""
         return torch.relu(self.forward(x)["cams"])
 
+    def head_modules(self) -> list[nn.Module]:
+        """The method's layers trained from scratch; subclasses with other heads override this."""
+        return [self.classifier]
+
     def new_modules(self) -> list[nn.Module]:
-        """Layers trained from scratch (learning rate x head_lr_mult); subclasses extend this."""
-        return [self.classifier, *self.bias_modules()]
+        """Layers trained from scratch (learning rate x head_lr_mult): the heads and the score
+        bias, if any."""
+        bias = [] if self.score_bias is None else [self.score_bias]
+        return [*self.head_modules(), *bias]
