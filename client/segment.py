@@ -3,10 +3,15 @@
     python client/segment.py IMAGE [IMAGE ...] [--url HOST:PORT] [--protocol http|grpc]
                              [--method NAME] [--out DIR] [--no-crf] [--cam] [--probs]
 
-For each image it writes ``<stem>_mask.png`` (label map, PASCAL VOC palette),
-``<stem>_overlay.png`` (colour mask over the photo) and, with ``--cam``, one
-``<stem>_cam_<class>.png`` heat map per class found; it prints the classes found and the request
-times. Self-contained: needs tritonclient, numpy and Pillow only (no torch, no wsss).
+For each image it writes ``<stem>_mask.png`` (label map, PASCAL VOC palette, at the image size),
+``<stem>_overlay.png`` (colour mask over the photo with a legend of the classes found, enlarged
+to at least 384 px on the short side) and, with ``--cam``, one ``<stem>_cam_<class>.png`` heat
+map per class found; it prints the classes found and the request times. Self-contained: needs
+tritonclient, numpy and Pillow only (no torch, no wsss).
+
+Problems are one line on stderr: missing image files (checked before the server is contacted),
+a ``--url`` with a scheme or without a port, no server listening, Triton's metrics port, or the
+HTTP port asked over gRPC and the other way round (the port is probed to tell which).
 
 Endpoints used (see wsss/export/ensembles.py): ``<method>_segment`` (input IMAGE_BYTES, the
 encoded file; outputs LABELS, PROBABILITIES; request parameters ``crf`` and ``probabilities``)
@@ -17,15 +22,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+METRICS_PORT = 8002
+# The image formats the server's decode model accepts (wsss.serving.imaging.FORMATS).
+FORMATS = ("JPEG", "PNG", "WebP", "BMP", "GIF")
+OVERLAY_MIN_SIDE = 384  # overlays of smaller images are enlarged (whole factors, nearest labels)
 
 
 class ClientError(RuntimeError):
@@ -60,6 +72,102 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> Image.Im
     blend = rgb.astype(np.float32) * (1 - alpha) + colours * alpha
     out = np.where((labels > 0)[..., None], blend, rgb.astype(np.float32))
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def percent(fraction: float) -> str:
+    """A fraction of the pixels as a percentage that never rounds a present class to 0.0%."""
+    if fraction <= 0:
+        return "0%"
+    if fraction < 0.001:
+        return "<0.1%"
+    if 0.999 < fraction < 1:
+        return ">99.9%"
+    return f"{fraction:.1%}"
+
+
+def enlarge(
+    rgb: np.ndarray, labels: np.ndarray, min_side: int = OVERLAY_MIN_SIDE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Photo and label map scaled by the whole factor that brings the short side to min_side.
+
+    The labels are repeated (nearest neighbour: one block per predicted pixel), the photo is
+    resized bicubically to the same size. Images already that large are returned as they are.
+    """
+    factor = max(1, math.ceil(min_side / max(1, min(labels.shape))))
+    if factor == 1:
+        return rgb, labels
+    big = labels.repeat(factor, axis=0).repeat(factor, axis=1)
+    size = (big.shape[1], big.shape[0])
+    photo = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC))
+    return photo, big
+
+
+def legend_entries(labels: np.ndarray, names: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """(``"name 12.3%"``, RGB colour) for each coloured class in the label map, largest first.
+
+    Background (0) is left out: the overlay leaves it uncoloured.
+    """
+    palette = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
+    values, counts = np.unique(labels, return_counts=True)
+    entries = []
+    for value, count in sorted(
+        zip(values.tolist(), counts.tolist(), strict=True), key=lambda v: -v[1]
+    ):
+        if value == 0:
+            continue
+        name = (
+            names[value] if value < len(names) else ("ignore" if value == 255 else f"class {value}")
+        )
+        entries.append((f"{name} {percent(count / labels.size)}", tuple(palette[value].tolist())))
+    return entries
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size
+        return ImageFont.load_default()
+
+
+def legend(width: int, entries: list[tuple[str, tuple[int, ...]]]) -> Image.Image:
+    """A white strip ``width`` wide: a colour swatch and the label of each entry, wrapped."""
+    font = _font(max(14, width // 48))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    top, bottom = font.getbbox("Ag")[1::2]
+    text_h = bottom - top
+    swatch, pad, gap = max(12, text_h), 8, 18
+    if not entries:
+        entries = [("background only: no class found", None)]
+    x, y, placed = pad, pad, []
+    for text, colour in entries:
+        item = (swatch + 6 if colour else 0) + math.ceil(measure.textlength(text, font=font))
+        if x > pad and x + item > width - pad:
+            x, y = pad, y + swatch + pad
+        placed.append((x, y, text, colour))
+        x += item + gap
+    strip = Image.new("RGB", (width, y + swatch + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for x, y, text, colour in placed:
+        if colour:
+            draw.rectangle(
+                (x, y, x + swatch - 1, y + swatch - 1), fill=colour, outline=(64, 64, 64)
+            )
+            x += swatch + 6
+        draw.text((x, y + (swatch - text_h) // 2 - top), text, fill=(0, 0, 0), font=font)
+    return strip
+
+
+def overlay_with_legend(
+    rgb: np.ndarray, labels: np.ndarray, names: list[str], min_side: int = OVERLAY_MIN_SIDE
+) -> Image.Image:
+    """The overlay, enlarged to ``min_side`` for small images, above a legend of its classes."""
+    photo, big = enlarge(rgb, labels, min_side)
+    blended = overlay(photo, big)
+    strip = legend(blended.width, legend_entries(labels, names))
+    out = Image.new("RGB", (blended.width, blended.height + strip.height), (255, 255, 255))
+    out.paste(blended, (0, 0))
+    out.paste(strip, (0, blended.height))
+    return out
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -119,6 +227,7 @@ class Segmenter:
             raise ClientError(f"unknown protocol {protocol!r}; use http or grpc")
         from tritonclient.utils import InferenceServerException
 
+        url = check_url(url)
         self.tc, self.protocol, self.url, self.timeout = tc, protocol, url, timeout
         self.error_types = (InferenceServerException, OSError)
         try:
@@ -129,10 +238,14 @@ class Segmenter:
             else:
                 self.client = tc.InferenceServerClient(url)
             live = self.client.is_server_live()
+            if live:  # Triton's metrics port answers any GET, but not this POST
+                self.client.get_model_repository_index(**self._json())
         except Exception as exc:  # noqa: BLE001 - any failure here means "no server"
-            raise ClientError(f"no Triton server at {url} ({protocol}): {_short(exc)}") from None
+            fallback = f"no Triton server at {url} ({protocol}): {_short(exc)}"
+            raise connection_error(url, protocol, _short(exc), fallback) from None
         if not live:
-            raise ClientError(f"Triton server at {url} ({protocol}) is not live")
+            fallback = f"Triton server at {url} ({protocol}) is not live"
+            raise connection_error(url, protocol, "not live", fallback)
         self.method = method or self._only_method()
         self.segment_model = f"{self.method}_segment"
         self.cam_model = f"{self.method}_cam"
@@ -142,10 +255,15 @@ class Segmenter:
     def close(self) -> None:
         self.client.close()
 
+    def _call(self, function, *args, **kwargs):
+        """A tritonclient call whose server or network errors become one-line ClientErrors."""
+        try:
+            return function(*args, **kwargs)
+        except self.error_types as exc:
+            raise ClientError(f"server at {self.url}: {_short(exc)}") from None
+
     def _index(self) -> dict[str, str]:
-        index = self.client.get_model_repository_index(
-            **({"as_json": True} if self.protocol == "grpc" else {})
-        )
+        index = self._call(self.client.get_model_repository_index, **self._json())
         models = index.get("models", []) if isinstance(index, dict) else index
         return {m["name"]: m.get("state", "") for m in models}
 
@@ -167,11 +285,11 @@ class Segmenter:
                 f"unknown method {self.method!r}: the server at {self.url} serves "
                 f"{', '.join(self._methods()) or 'no methods'}"
             )
-        if not self.client.is_model_ready(model):
+        if not self._call(self.client.is_model_ready, model):
             raise ClientError(f"model {model} is not ready on the server (state: {index[model]})")
 
     def _class_names(self, model: str) -> list[str]:
-        config = self.client.get_model_config(model, **self._json())
+        config = self._call(self.client.get_model_config, model, **self._json())
         config = config.get("config", config)
         value = config.get("parameters", {}).get("class_names", {}).get("string_value", "[]")
         return list(json.loads(value))
@@ -212,6 +330,111 @@ class Segmenter:
         return result
 
 
+def check_url(url: str) -> str:
+    """``--url`` as HOST:PORT; a scheme, a path or a missing port is refused with the fix."""
+    text = url.strip()
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    rest = text[scheme.end() :] if scheme else text
+    host_port = rest.split("/", 1)[0]
+    if scheme or "/" in rest:
+        what = f"a scheme ({scheme.group(1)}://)" if scheme else "a path"
+        raise ClientError(
+            f"--url takes HOST:PORT without {what}: use --url {host_port or 'localhost:8000'}"
+        )
+    host, port = split_host_port(text)
+    if not host or port is None:
+        raise ClientError(
+            f"--url {url!r} needs HOST:PORT, e.g. localhost:{DEFAULT_PORTS['http']} (HTTP) or "
+            f"localhost:{DEFAULT_PORTS['grpc']} (gRPC)"
+        )
+    return text
+
+
+def split_host_port(url: str) -> tuple[str, int | None]:
+    """HOST:PORT (or [IPv6]:PORT) -> (host, port); port None when absent or not a port number."""
+    if url.startswith("["):
+        host, _, rest = url[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif url.count(":") == 1:
+        host, _, port = url.partition(":")
+    else:  # no port, or a bare IPv6 address
+        host, port = url, ""
+    if port.isdigit() and 0 < int(port) < 65536:
+        return host, int(port)
+    return host, None
+
+
+def probe(host: str, port: int, timeout: float = 3.0) -> str:
+    """What answers at host:port, asked with a plain HTTP/1.1 ``GET /metrics``.
+
+    'nothing' (connection refused or unreachable), 'unresolved' (unknown host), 'metrics'
+    (Prometheus text: Triton's metrics port), 'http' (another HTTP/1 answer), 'grpc' (HTTP/2
+    frames: a gRPC port) or 'unknown'.
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror:
+        return "unresolved"
+    except OSError:
+        return "nothing"
+    data = b""
+    with sock:
+        try:
+            request = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+            sock.sendall(request.encode())
+            while len(data) < 65536:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if not data.startswith(b"HTTP/"[: len(data)]) and len(data) >= 9:
+                    break  # binary frames: enough to tell
+                head, sep, body = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                if sep and (b"# HELP" in body or (length and len(body) >= int(length.group(1)))):
+                    break
+        except OSError:  # timeout or reset: judge what came
+            pass
+    if data.startswith(b"HTTP/"):
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1] if head.count(b" ") else b""
+        if status == b"200" and (b"# HELP" in body or b"# TYPE" in body):
+            return "metrics"
+        return "http"
+    if len(data) >= 9 and data[3] in (0x04, 0x07):  # HTTP/2 SETTINGS or GOAWAY frame
+        return "grpc"
+    return "unknown"
+
+
+def connection_error(url: str, protocol: str, detail: str, fallback: str) -> ClientError:
+    """The one-line reason why ``url`` is no Triton endpoint for ``protocol``, from a probe."""
+    host, port = split_host_port(url)
+    shown = f"[{host}]" if ":" in host else host
+    http, grpc = DEFAULT_PORTS["http"], DEFAULT_PORTS["grpc"]
+    kind = probe(host, port) if port else "unknown"
+    if kind == "nothing":
+        return ClientError(
+            f"no Triton server at {url} ({protocol}): nothing listens there; start one with "
+            f"`make serve` (HTTP on :{http}, gRPC on :{grpc}) or pass --url HOST:PORT"
+        )
+    if kind == "unresolved":
+        return ClientError(f"no Triton server at {url} ({protocol}): unknown host {host!r}")
+    if kind == "metrics" or (port == METRICS_PORT and "405" in detail):
+        return ClientError(
+            f"{url} is Triton's metrics port (default {METRICS_PORT}), not an inference "
+            f"endpoint: use --url {shown}:{http} (HTTP) or --url {shown}:{grpc} --protocol grpc"
+        )
+    if protocol == "http" and (kind == "grpc" or "Expected HTTP/" in detail):
+        return ClientError(
+            f"{url} speaks gRPC, not HTTP: add --protocol grpc (Triton's HTTP port is {http})"
+        )
+    if protocol == "grpc" and kind == "http":
+        return ClientError(
+            f"{url} speaks HTTP, not gRPC: leave out --protocol grpc (Triton's gRPC port is {grpc})"
+        )
+    return ClientError(fallback)
+
+
 def _short(exc: BaseException) -> str:
     """An exception as one line."""
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -237,7 +460,7 @@ def save_outputs(
     mask_image(result.labels).save(written[-1])
     if rgb is not None and rgb.shape[:2] == result.labels.shape:
         written.append(out / f"{path.stem}_overlay.png")
-        overlay(rgb, result.labels).save(written[-1])
+        overlay_with_legend(rgb, result.labels, names).save(written[-1])
     if result.probabilities is not None:
         written.append(out / f"{path.stem}_probabilities.npy")
         np.save(written[-1], result.probabilities)
@@ -258,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="client/segment.py",
         description="Send photos to the WSSS Triton endpoints; write masks, overlays, CAMs.",
     )
-    parser.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP, BMP)")
+    parser.add_argument(
+        "images", nargs="+", type=Path, help=f"image files ({', '.join(FORMATS)}; GIF: 1st frame)"
+    )
     parser.add_argument("--url", help="server HOST:PORT (default localhost:8000 / :8001 for gRPC)")
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
     parser.add_argument("--method", help="WSSS method served (default: the only one served)")
@@ -272,11 +497,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Segments every image; one line per image; returns the exit status."""
-    url = args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}"
-    segmenter = Segmenter(url, args.protocol, args.method, args.timeout)
+    url = check_url(args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}")
     failures = 0
+    images = []
+    for path in args.images:  # before any server contact
+        if path.is_file():
+            images.append(path)
+        else:
+            reason = "not a file" if path.exists() else "No such file or directory"
+            print(f"error: cannot read {path}: {reason}", file=sys.stderr)
+            failures += 1
+    if not images:
+        return 2
+    segmenter = Segmenter(url, args.protocol, args.method, args.timeout)
     try:
-        for path in args.images:
+        for path in images:
             try:
                 data = path.read_bytes()
             except OSError as exc:
@@ -294,7 +529,7 @@ def run(args: argparse.Namespace) -> int:
             names = segmenter.class_names
             save_outputs(path, args.out, load_rgb(data), result, names)
             h, w = result.labels.shape
-            found = ", ".join(f"{n} {f:.1%}" for n, f in classes_found(result.labels, names))
+            found = ", ".join(f"{n} {percent(f)}" for n, f in classes_found(result.labels, names))
             timing = f"segment {result.seconds * 1000:.0f} ms"
             if args.cam:
                 timing += f", cam {result.cam_seconds * 1000:.0f} ms"
