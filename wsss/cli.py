@@ -96,10 +96,21 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def interrupted_message(out: Path, force: bool) -> str:
+    """One line for Ctrl-C: how to continue (see wsss.pipeline: finished stages are skipped,
+    per-image stages keep their finished images, training resumes after its last saved epoch)."""
+    again = "the same command without --force" if force else "the same command"
+    return (
+        f"interrupted: {out} keeps what was finished; run {again} to resume (finished stages "
+        "are skipped, training continues after its last finished epoch)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from wsss import distributed
     from wsss.checkpoint import CheckpointError
+    from wsss.data import build_source
     from wsss.data.base import DatasetError
     from wsss.logs import setup_logging
     from wsss.methods import UnknownMethodError
@@ -115,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/{args.method}-{args.data}-{args.preset}")
+    if cfg.data.name != "synthetic":  # a bad --root fails before the run folder exists
+        try:
+            build_source(cfg.data.name, cfg.data.root)
+        except DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.quiet:
         os.environ["WSSS_NO_PROGRESS"] = "1"
     distributed.init()
@@ -124,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, CheckpointError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if distributed.is_main():
+            print(interrupted_message(out, args.force), file=sys.stderr)
+        return 130
     finally:
         distributed.shutdown()
     if report:

@@ -63,7 +63,7 @@ STAGES: tuple[Stage, ...] = (
         segment.upper_bound_wanted,
         help="fully supervised DeepLab on true masks (upper bound)",
     ),
-    Stage("eval", evaluate.OUTPUT, evaluate.run, help="scores and figures -> report.json"),
+    Stage("eval", evaluate.OUTPUT, evaluate.run, help="scores and figures"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
