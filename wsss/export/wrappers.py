@@ -7,6 +7,8 @@ so every caller sends plain RGB. Every output is at the input resolution.
 ``CamExport``  IMAGES -> SCORES [B, C] (class logits, before the sigmoid) and CAMS [B, C, H, W]
                (per-class max-normalised CAMs in [0, 1]).
 ``SegExport``  IMAGES -> PROBS [B, C + 1, H, W] (softmax over background + C classes).
+``CamSegExport`` IMAGES -> PROBS [B, C + 1, H, W] from a CAM network alone (no DeepLab): the
+               CAMs of the classes present, beside a constant background score.
 
 The exported CAM is **single-scale** (one pass at the input size, no flip): the multi-scale +
 flip fusion of :func:`wsss.cam.multiscale_cam` is a training-time tool for pseudo labels, four
@@ -77,3 +79,32 @@ class SegExport(nn.Module):
         logits = self.model(images)
         logits = F.interpolate(logits, images.shape[-2:], mode="bilinear", align_corners=False)
         return logits.softmax(1)
+
+
+class CamSegExport(nn.Module):
+    """CAM network -> PROBS [B, C + 1, H, W]: a segmentation read straight off the CAMs.
+
+    A class is present where its score's sigmoid exceeds ``score_threshold``; the maps are
+    :class:`CamExport`'s (ReLU, bilinear to H, W, max-normalised). Channel 0 is the constant
+    ``bg_threshold`` (IRN's background score), channel c the map of class c if present, else 0;
+    the stack is divided by its sum over channels. Its argmax is IRN's thresholded CAM label map
+    (background where no present map exceeds ``bg_threshold``); the dense CRF downstream reads
+    -log of it as its unary.
+    """
+
+    def __init__(self, model: nn.Module, score_threshold: float, bg_threshold: float):
+        super().__init__()
+        if not 0 < bg_threshold < 1 or not 0 < score_threshold < 1:
+            raise ValueError("score_threshold and bg_threshold must lie in (0, 1)")
+        self.cam = CamExport(model)
+        self.score_threshold = score_threshold
+        self.bg_threshold = bg_threshold
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        scores, cams = self.cam(images)
+        present = (scores.sigmoid() > self.score_threshold).to(cams.dtype)
+        foreground = cams * present[:, :, None, None]
+        background = torch.full_like(foreground[:, :1], self.bg_threshold)
+        stack = torch.cat([background, foreground], dim=1)
+        return stack / stack.sum(dim=1, keepdim=True)
