@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import os
 import re
 import sys
 import time
@@ -104,7 +105,7 @@ def write_report(bodies: dict[str, str], out_dir: Path) -> Path:
 def update_readme(bodies: dict[str, str], readme: Path, out_dir: Path) -> list[str]:
     """Replaces each ``<!-- bench:NAME -->`` block of the README; returns the names replaced."""
     text = readme.read_text(encoding="utf-8")
-    rel = out_dir.resolve().relative_to(readme.parent.resolve()).as_posix()
+    rel = Path(os.path.relpath(out_dir.resolve(), readme.parent.resolve())).as_posix()
     done = []
     for name, body in bodies.items():
         pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)

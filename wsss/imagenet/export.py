@@ -28,8 +28,8 @@ from wsss.imagenet.table import DEFAULT_TABLE, ImagenetTable, load_table
 
 METHOD = "imagenet"
 # A class is present when its ImageNet probability mass exceeds this (sigmoid of SCORES).
-# Measured (docs/imagenet.md): present classes 0.83-0.99 on the photos, the largest absent
-# class 0.09 (bottle on the astronaut photo).
+# Measured (docs/imagenet.md, python -m wsss.bench --only imagenet): present classes 0.99-1.00 on
+# the photos, the largest absent class 0.08 (bottle on the astronaut photo).
 SCORE_THRESHOLD = 0.3
 # Background score against the max-normalised CAMs: the best of 0.1-0.4 on the quokka's mask
 # and the cat photo's boxes (docs/imagenet.md).

@@ -12,12 +12,11 @@ the class activation map of ImageNet class k is exact (Zhou et al., 2016, Eq. 1)
 
 Two passes: the scores (and the member weights p_k / p_c) come from a copy of the image resized
 to ``CLASSIFY_SIDE`` = 224 px on its long side, ImageNet's training scale, and the CAMs from the
-image at its own size. Measured on the photos of ``docs/imagenet.md`` (``python -m
-wsss.imagenet.measure``): the quokka's class probability is 0.83 at 224 px against 0.14 at the
-served 512 px, while its CAM mask is best from the 512 px pass (IoU 0.86 against 0.48 from the
-224 px maps). The backbone runs at output stride 16 (dilated last stage, as the trained networks
-do): maps twice as fine as torchvision's stride 32; the top-3 ImageNet classes of the photos
-are those of the original classifier.
+image at its own size. In a probe (docs/imagenet.md) the quokka's class probability was 0.83 at
+224 px against 0.14 at the served 512 px, while its CAM mask was best from the 512 px pass (IoU
+0.86 against 0.48 from the 224 px maps). The backbone runs at output stride 16 (dilated last
+stage, as the trained networks do): maps twice as fine as torchvision's stride 32; the top-3
+ImageNet classes of the photos are those of the original classifier.
 """
 
 from __future__ import annotations
