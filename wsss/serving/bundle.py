@@ -2,7 +2,7 @@
 
 The wheel carries a real ``tritonserver`` (Triton 2.51, the NGC 24.10 release) with the Python
 backend only. :func:`assemble_backends` builds the ``--backend-directory`` it needs, following
-the recipe and its four traps in ``specs/env-probe.md`` section 6:
+the recipe found by probing this environment and its four traps:
 
 1. numpy<2 in the stub's environment (the project pins it; the stub uses this interpreter's
    environment because its ``bin/`` goes first on ``PATH``);
