@@ -23,7 +23,13 @@ def test_section_results_json_and_readme_tables(tmp_path, monkeypatch):
         "# Title\n\nintro\n\n<!-- bench:training -->\nstale table\n<!-- /bench:training -->\n\n"
         "<!-- bench:quality -->\nkept: no quality results yet\n<!-- /bench:quality -->\ntail\n"
     )
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text("# Page\n<!-- bench:training -->\nold\n<!-- /bench:training -->\n")
+    (tmp_path / "docs" / "plain.md").write_text("no markers\n")
     assert runner.main(["--only", "training", "--out", str(out), "--readme", str(readme)]) == 0
+    assert "old" not in page.read_text() and "--only training" in page.read_text()
+    assert (tmp_path / "docs" / "plain.md").read_text() == "no markers\n"
     results = json.loads((out / "results.json").read_text())
     entry = results["sections"]["training"]
     row = entry["results"]["methods"]["cam"]

@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--readme",
         type=Path,
         default=ROOT / "README.md",
-        help="README whose bench tables are rewritten (default: the project's)",
+        help="README whose bench tables are rewritten, with those of the docs/*.md beside it "
+        "(default: the project's)",
     )
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
     parser.add_argument(
@@ -166,4 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_readme and args.readme.exists():
         replaced = update_readme(bodies, args.readme, out_dir)
         _say(f"README tables updated: {', '.join(replaced) or 'none (no bench markers)'}")
+        for document in sorted((args.readme.parent / "docs").glob("*.md")):
+            if "<!-- bench:" in document.read_text(encoding="utf-8"):
+                replaced = update_readme(bodies, document, out_dir)
+                _say(f"{document.name} tables updated: {', '.join(replaced) or 'none'}")
     return 0
