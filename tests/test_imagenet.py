@@ -194,11 +194,16 @@ def test_cam_seg_no_class_present_is_all_background():
 # --------------------------------------------------------------------------- export
 
 
-def test_export_imagenet_writes_both_networks_and_endpoints(tmp_path):
+def test_export_imagenet_parity_and_endpoints(tmp_path):
     needs_weights()
     from wsss.export.ensembles import class_names, read_config, write_method
     from wsss.export.onnx import main as export_main
+    from wsss.imagenet.export import export_imagenet
 
+    exported = export_imagenet(tmp_path / "direct", say=lambda _line: None)
+    assert [e.name for e in exported] == ["imagenet_cam_net", "imagenet_cam_seg"]
+    for e in exported:  # ONNX Runtime against PyTorch at two sizes, every output
+        assert e.parity.passed and len(e.parity.lines()) >= 3
     repo = tmp_path / "repo"
     assert export_main(["--imagenet", "--repository", str(repo)]) == 0
     for name in ("imagenet_cam_net", "imagenet_cam_seg", "imagenet_cam", "imagenet_segment"):
