@@ -294,6 +294,16 @@ def test_ensemble_writer(tmp_path):
     assert (tmp_path / "tiny_segment" / "config.pbtxt").stat().st_mtime_ns == before
 
 
+def test_copy_shared_models_into_their_own_repository_is_a_no_op(tmp_path):
+    """export/onnx.py's default repository is the checked-in one that holds the shared models."""
+    copy_shared_models(tmp_path)
+    config = tmp_path / "densecrf" / "config.pbtxt"
+    before = config.read_text()
+    copy_shared_models(tmp_path, source=tmp_path)  # shutil would refuse: "are the same file"
+    copy_shared_models(tmp_path / "." / "densecrf" / "..", source=tmp_path)
+    assert config.read_text() == before
+
+
 def test_configure_densecrf_sets_checked_parameters(tmp_path):
     copy_shared_models(tmp_path)
     path = tmp_path / "densecrf" / "config.pbtxt"

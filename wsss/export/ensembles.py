@@ -235,6 +235,8 @@ def source_repository() -> Path:
 def copy_shared_models(repository: str | Path, source: str | Path | None = None) -> None:
     """Copies ``decode``, ``preprocess`` and ``densecrf`` into ``repository``."""
     source = Path(source) if source is not None else source_repository()
+    if Path(repository).resolve() == source.resolve():
+        return  # exporting into the checked-in repository itself: they are already there
     for name in SHARED_MODELS:
         if not (source / name / "config.pbtxt").is_file():
             raise RepositoryError(f"{source / name} is not a model folder")
