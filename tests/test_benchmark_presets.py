@@ -32,6 +32,7 @@ def test_benchmark_presets_adapt_each_method(preset):
     cpn = config("cpn", preset).method
     assert (cpn.strategy, cpn.grid_fractions, cpn.cam_dropout) == ("grid", (0.25, 0.5), 0.0)
     assert not cpn.infer_refined
+    assert cpn.w_cls == 3.0  # the triplet's mean L_cls made a sum (160 steps, not 21,160)
 
 
 def test_paper_preset_keeps_the_papers_constants():
@@ -56,6 +57,7 @@ def test_paper_preset_keeps_the_papers_constants():
     assert (fbr.bg_score, fbr.query_threshold) == (0.10, 0.4)
     cpn = config("cpn", "paper").method
     assert cpn.strategy == "superpixel" and cpn.cam_dropout == 0.5 and cpn.infer_refined
+    assert cpn.w_cls == 1.0
 
 
 def test_gpu_preset_is_the_benchmark_at_a_larger_size():
