@@ -29,6 +29,8 @@ def test_benchmark_presets_adapt_each_method(preset):
     )
     fbr = config("fbr", preset).method
     assert (fbr.bg_score, fbr.query_threshold) == (0.4, 0.6)
+    assert config("fbr", preset).cls.score_bias  # FBR's start-up phase (seed 2)
+    assert not config("cam", preset).cls.score_bias  # the baseline stays the papers' classifier
     cpn = config("cpn", preset).method
     assert (cpn.strategy, cpn.grid_fractions, cpn.cam_dropout) == ("grid", (0.25, 0.5), 0.0)
     assert not cpn.infer_refined
@@ -55,6 +57,7 @@ def test_paper_preset_keeps_the_papers_constants():
     )
     fbr = config("fbr", "paper").method
     assert (fbr.bg_score, fbr.query_threshold) == (0.10, 0.4)
+    assert not config("fbr", "paper").cls.score_bias
     cpn = config("cpn", "paper").method
     assert cpn.strategy == "superpixel" and cpn.cam_dropout == 0.5 and cpn.infer_refined
     assert cpn.w_cls == 1.0
