@@ -131,16 +131,13 @@ def ensure_run(run: Path, preset: str, quiet: bool) -> None:
 def export_repository(run: Path, repository: Path, imagenet: bool) -> list[str]:
     """The run's networks and (``imagenet``) the imagenet source in one servable repository,
     with the shared models and the ensembles; returns the methods served."""
-    from wsss.export.ensembles import copy_shared_models, repository_from_run, write_method
+    from wsss.export.ensembles import repository_from_run
 
     methods = [repository_from_run(run, repository, say=lambda line: None)]
     if imagenet:
-        from wsss.imagenet.export import METHOD, export_imagenet
+        from wsss.imagenet.export import repository_for_imagenet
 
-        copy_shared_models(repository)
-        export_imagenet(repository, say=lambda line: None)
-        write_method(repository, METHOD)
-        methods.append(METHOD)
+        methods.append(repository_for_imagenet(repository, say=lambda line: None))
     return methods
 
 

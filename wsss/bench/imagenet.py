@@ -20,7 +20,7 @@ import numpy as np
 from wsss.bench.common import markdown_table
 
 BG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
-MAX_SIDE = 512  # the preprocess model's max_side (serving/model_repository/preprocess)
+REPOSITORY = Path(__file__).resolve().parents[2] / "serving" / "model_repository"
 
 
 class Pipeline:
@@ -34,8 +34,9 @@ class Pipeline:
 
         self.net = ImagenetCamNet(load_table(table_path), combination)
         self.score_threshold = score_threshold
-        config = Path(__file__).resolve().parents[2] / "serving/model_repository/densecrf"
-        self.crf = crf_params(_config_parameters(config / "config.pbtxt"))
+        self.crf = crf_params(_config_parameters("densecrf"))
+        # the preprocess model's resize policy, as served
+        self.sides = {k: int(v) for k, v in _config_parameters("preprocess").items()}
 
     def run(self, image: np.ndarray, bg_threshold: float) -> tuple[np.ndarray, ...]:
         import torch
@@ -44,7 +45,7 @@ class Pipeline:
         from wsss.serving.imaging import network_input, network_size
         from wsss.serving.models.densecrf import refine_labels
 
-        size = network_size(*image.shape[:2], max_side=MAX_SIDE, min_side=32)
+        size = network_size(*image.shape[:2], **self.sides)
         x = torch.from_numpy(network_input(image, size))
         seg = CamSegExport(self.net, self.score_threshold, bg_threshold)
         with torch.inference_mode():
@@ -55,10 +56,12 @@ class Pipeline:
         return labels, scores, out["imagenet_logits"].softmax(1)[0].numpy()
 
 
-def _config_parameters(path: Path) -> dict[str, str]:
+def _config_parameters(model: str) -> dict[str, str]:
+    """The checked-in config parameters of a shared serving model."""
     from wsss.export.ensembles import read_config
 
-    return {k: v.string_value for k, v in read_config(path).parameters.items()}
+    config = read_config(REPOSITORY / model / "config.pbtxt")
+    return {k: v.string_value for k, v in config.parameters.items()}
 
 
 def _photo_rows(pipeline: Pipeline, bg_threshold: float, say) -> list[dict]:

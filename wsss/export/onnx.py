@@ -525,15 +525,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         if args.imagenet:
-            from wsss.export.ensembles import copy_shared_models, write_method
-            from wsss.imagenet.export import export_imagenet, method_for_table
+            from wsss.imagenet.export import repository_for_imagenet
             from wsss.imagenet.table import DEFAULT_TABLE
 
             table = args.imagenet_table or DEFAULT_TABLE
-            copy_shared_models(args.repository)
-            export_imagenet(args.repository, table, **options)
-            for name in write_method(args.repository, method_for_table(table)):
-                print(f"wrote {args.repository / name}")
+            repository_for_imagenet(args.repository, table, **options)
         else:
             export_run(args.run_dir, args.repository, **options)
     except ParityError as exc:

@@ -111,17 +111,21 @@ def export_imagenet(
 
 
 def repository_for_imagenet(
-    repository: str | Path, table_path: Path = DEFAULT_TABLE, say: Callable[[str], None] = print
+    repository: str | Path,
+    table_path: Path = DEFAULT_TABLE,
+    say: Callable[[str], None] = print,
+    **options,
 ) -> str:
-    """A servable repository with the imagenet source (shared models, export, ensembles);
-    returns the method name of its endpoints."""
+    """A servable repository with the imagenet source: shared models, export (``options``: those
+    of ``export_module``), ensembles; returns the method name of its endpoints."""
     from wsss.export.ensembles import copy_shared_models, write_method
 
     repository = Path(repository)
     copy_shared_models(repository)
-    export_imagenet(repository, table_path, say=say)
+    export_imagenet(repository, table_path, say=say, **options)
     method = method_for_table(table_path)
-    write_method(repository, method)
+    for name in write_method(repository, method):
+        say(f"wrote {repository / name}")
     return method
 
 
