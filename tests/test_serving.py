@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from wsss.export.ensembles import (
     RepositoryError,
     configure_densecrf,
     copy_shared_models,
+    fit_densecrf,
     read_config,
     write_all,
     write_method,
@@ -37,7 +39,13 @@ from wsss.refine.crf import CRF_PRESETS, dense_crf
 from wsss.serving.backend import RequestError, as_flag, config_parameters
 from wsss.serving.imaging import ImageError, decode_image, network_input, network_size
 from wsss.serving.maps import resize_bilinear, upsample_argmax
-from wsss.serving.models.densecrf import crf_params, refine_labels, torch_threads
+from wsss.serving.models.densecrf import (
+    crf_params,
+    model_settings,
+    refine_labels,
+    scale_kernels,
+    torch_threads,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "client" / "segment.py"
@@ -177,8 +185,9 @@ def test_upsample_argmax_in_chunks_equals_full_argmax():
     np.testing.assert_array_equal(upsample_argmax(probs, (13, 17)), probs.argmax(0))
 
 
-def test_crf_params_from_config():
-    assert crf_params({}) == CRF_PRESETS["deeplab"]
+def test_crf_params_from_config(monkeypatch):
+    from wsss.serving import crf_layout
+
     params = crf_params({"preset": "psa", "iterations": "3", "bilateral_srgb": "5.5"})
     assert params.iterations == 3 and params.bilateral_srgb == 5.5
     assert params.gaussian_sxy == CRF_PRESETS["psa"].gaussian_sxy
@@ -188,6 +197,69 @@ def test_crf_params_from_config():
     assert (torch_params.impl, torch_params.device) == ("torch", "cpu")
     with pytest.raises(ValueError, match="unknown CRF implementation"):
         crf_params({"impl": "fast"})
+    with pytest.raises(ValueError, match="iterations must be an integer"):
+        crf_params({"iterations": "ten"})
+    # auto (or unset): torch where importable, else pydensecrf2; the rest is the preset
+    auto = crf_params({"impl": "auto", "device": "auto"})
+    assert auto == replace(CRF_PRESETS["deeplab"], impl="torch", device="cpu")
+    assert crf_params({}) == auto
+    monkeypatch.setattr(crf_layout, "torch_importable", lambda: False)
+    assert crf_params({"impl": "auto"}).impl == "pydensecrf"
+    assert crf_params({"impl": "torch"}).impl == "torch"  # a fixed choice is kept
+
+
+def test_layout_chooser(monkeypatch):
+    from wsss.serving import crf_layout
+    from wsss.serving.crf_layout import CRFLayout, choose_layout
+
+    assert choose_layout(2, has_torch=True) == CRFLayout("torch", "cpu", 2, 1)
+    assert choose_layout(2, has_torch=False) == CRFLayout("pydensecrf", "cpu", 2, 1)
+    assert choose_layout(1, has_torch=True) == CRFLayout("torch", "cpu", 1, 1)
+    assert choose_layout(32, has_torch=True) == CRFLayout("torch", "cpu", 8, 4)
+    assert choose_layout(32, has_torch=False) == CRFLayout("pydensecrf", "cpu", 8, 1)
+    # a GPU instance runs on CUDA when torch sees a device, else as a CPU instance
+    monkeypatch.setattr(crf_layout, "cuda_usable", lambda: True)
+    assert choose_layout(2, has_torch=True, gpu_instance=True) == CRFLayout("torch", "cuda", 1, 1)
+    assert choose_layout(2, has_torch=False, gpu_instance=True).impl == "pydensecrf"
+    monkeypatch.setattr(crf_layout, "cuda_usable", lambda: False)
+    assert choose_layout(2, has_torch=True, gpu_instance=True) == CRFLayout("torch", "cpu", 2, 1)
+    # torch "absent": what find_spec reports when the package is not installed
+    monkeypatch.setattr(crf_layout.importlib.util, "find_spec", lambda name: None)
+    assert not crf_layout.torch_importable()
+    assert choose_layout(2).impl == "pydensecrf"
+
+
+def test_model_settings_resolve_auto_and_reject_bad_values(monkeypatch):
+    from wsss.serving import crf_layout, models
+
+    monkeypatch.setattr(models.densecrf, "host_cores", lambda: 4)
+    settings = model_settings({"threads": "auto", "max_side": "384"}, instances=2)
+    assert (settings.threads, settings.max_side, settings.params.impl) == (2, 384, "torch")
+    assert model_settings({"threads": "3"}).threads == 3
+    assert model_settings({}).max_side == 0  # uncapped unless the config says
+    for bad, message in [
+        ({"threads": "0"}, "threads must be a positive integer or auto"),
+        ({"instances": "many"}, "instances must be a positive integer or auto"),
+        ({"max_side": "-1"}, "max_side must be an integer >= 0"),
+        ({"bilateral_sxy": "wide"}, "bilateral_sxy must be a number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model_settings(bad)
+    assert crf_layout.AUTO == "auto"
+
+
+def test_fit_densecrf_writes_the_host_instance_count(tmp_path):
+    copy_shared_models(tmp_path)
+    path = tmp_path / "densecrf" / "config.pbtxt"
+    assert read_config(path).parameters["instances"].string_value == "auto"
+    assert fit_densecrf(tmp_path, cores=3) == 3
+    assert read_config(path).instance_group[0].count == 3
+    assert fit_densecrf(tmp_path, cores=3) is None  # already right: file untouched
+    assert fit_densecrf(tmp_path, cores=64) == 8  # at most MAX_INSTANCES
+    configure_densecrf(tmp_path, {"instances": "2"})
+    assert fit_densecrf(tmp_path, cores=5) is None  # a fixed count is kept
+    assert read_config(path).instance_group[0].count == 8
+    assert fit_densecrf(tmp_path / "nowhere") is None
 
 
 def test_refine_labels_runs_crf_at_network_resolution():
@@ -202,6 +274,25 @@ def test_refine_labels_runs_crf_at_network_resolution():
     np.testing.assert_array_equal(plain, upsample_argmax(probs, (60, 80)))
     torch_labels, _ = refine_labels(rgb, probs, crf_params({"impl": "torch", "device": "cpu"}))
     assert (torch_labels == labels).mean() >= 0.99
+    # max_side at or above the resolution changes nothing
+    same, _ = refine_labels(rgb, probs, CRF_PRESETS["deeplab"], max_side=40)
+    np.testing.assert_array_equal(same, labels)
+
+
+def test_refine_labels_caps_the_crf_side_and_scales_the_kernels():
+    rgb = photo(120, 160)
+    probs = np.random.default_rng(4).dirichlet(np.ones(3), size=(60, 80)).transpose(2, 0, 1)
+    probs = probs.astype(np.float32)
+    params = CRF_PRESETS["psa"]  # Gaussian sxy 3: scaled; deeplab's 1 stays at one pixel
+    labels, refined = refine_labels(rgb, probs, params, max_side=40)
+    assert labels.shape == (120, 160) and refined.shape == (3, 30, 40)
+    small = np.array(Image.fromarray(rgb).resize((40, 30), Image.Resampling.BILINEAR))
+    scaled = replace(params, gaussian_sxy=1.5, bilateral_sxy=40.0)
+    expected = dense_crf(small, resize_bilinear(probs, (30, 40)), scaled)
+    np.testing.assert_allclose(refined, expected, atol=1e-6)
+    np.testing.assert_array_equal(labels, upsample_argmax(expected, (120, 160)))
+    kept = scale_kernels(CRF_PRESETS["deeplab"], 0.5)
+    assert (kept.gaussian_sxy, kept.bilateral_sxy) == (1.0, 33.5)
 
 
 def test_backend_parameter_helpers():
@@ -415,7 +506,10 @@ def server(repository, tmp_path_factory):
 
 
 class Reference:
-    """The served computation done in-process: ONNX Runtime, then pydensecrf2 / bilinear."""
+    """The served computation done in-process: ONNX Runtime, then the densecrf model's own
+    settings (:meth:`labels`, bit-identical to the server's), and the reference pipeline
+    (:meth:`reference_labels`: pydensecrf2 with the preset's full settings at the network
+    resolution, no side cap) the served labels are held to."""
 
     def __init__(self, repo: Path, method: str):
         import onnxruntime as ort
@@ -428,11 +522,11 @@ class Reference:
         self.deeplab = ort.InferenceSession(
             str(repo / f"{method}_deeplab" / "1" / "model.onnx"), options
         )
-        params = config_parameters(_json_config(repo / "densecrf"))
-        self.crf = crf_params(params)
+        self.settings = model_settings(config_parameters(_json_config(repo / "densecrf")))
+        self.full = replace(self.settings.params, impl="pydensecrf")
         pre = config_parameters(_json_config(repo / "preprocess"))
         self.max_side, self.min_side = int(pre["max_side"]), int(pre["min_side"])
-        self._labels: dict[tuple[str, bool], np.ndarray] = {}
+        self._labels: dict[tuple[str, str], np.ndarray] = {}
 
     def _input(self, rgb: np.ndarray) -> np.ndarray:
         return network_input(rgb, network_size(*rgb.shape[:2], self.max_side, self.min_side))
@@ -442,18 +536,25 @@ class Reference:
         (probs,) = self.deeplab.run(None, {self.deeplab.get_inputs()[0].name: self._input(rgb)})
         return rgb, probs[0]
 
-    def labels(self, data: bytes, crf: bool = True) -> np.ndarray:
-        key = (hashlib.sha1(data).hexdigest(), crf)
+    def _cached(self, data: bytes, kind: str, compute) -> np.ndarray:
+        key = (hashlib.sha1(data).hexdigest(), kind)
         if key not in self._labels:  # the CRF is slow; several tests send the same bytes
-            self._labels[key] = self._compute_labels(data, crf)
+            self._labels[key] = compute(*self.probs(data))
         return self._labels[key]
 
-    def _compute_labels(self, data: bytes, crf: bool) -> np.ndarray:
-        rgb, probs = self.probs(data)
-        if rgb.shape[:2] == probs.shape[1:]:  # the common case: the plain in-process pipeline
-            refined = dense_crf(rgb, probs, self.crf) if crf else probs
-            return refined.argmax(0).astype(np.uint8)
-        return refine_labels(rgb, probs, self.crf if crf else None)[0]
+    def labels(self, data: bytes, crf: bool = True) -> np.ndarray:
+        """What the served densecrf computes (its settings, side cap included)."""
+        params = self.settings.params if crf else None
+        return self._cached(
+            data, f"served-{crf}",
+            lambda rgb, probs: refine_labels(rgb, probs, params, self.settings.max_side)[0],
+        )  # fmt: skip
+
+    def reference_labels(self, data: bytes) -> np.ndarray:
+        """pydensecrf2, full settings, at the network resolution."""
+        return self._cached(
+            data, "reference", lambda rgb, probs: refine_labels(rgb, probs, self.full)[0]
+        )
 
     def cam(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         rgb = decode_image(data)
@@ -520,27 +621,62 @@ def test_segment_matches_in_process(server, repository, reference, protocol, siz
     np.testing.assert_array_equal(out["LABELS"], reference.labels(data))
 
 
-def test_segment_with_the_torch_crf_agrees_with_pydensecrf(server, repository, reference):
-    """densecrf reloaded with impl torch on two threads (Triton model control, config override)."""
+def test_default_densecrf_agrees_with_the_reference(server, repository, reference):
+    """The checked-in densecrf (auto: torch on this host, side capped at 384) against
+    pydensecrf2 at full settings in process: >= 99 % of pixels, on sizes below and above the
+    cap."""
+    assert reference.settings.params.impl == "torch" and reference.settings.max_side == 384
+    agree = total = 0
+    for size in [(120, 160), (375, 500), (512, 512), (300, 1200)]:
+        data = encode(photo(*size), "JPEG")
+        labels = infer(server, "http", f"{repository[1]}_segment", data, ["LABELS"])["LABELS"]
+        expected = reference.reference_labels(data)
+        assert labels.shape == expected.shape == size
+        agree, total = agree + int((labels == expected).sum()), total + labels.size
+    assert agree / total >= 0.99, agree / total
+
+
+def test_densecrf_reloaded_with_pydensecrf_serves_the_reference(server, repository, reference):
+    """densecrf reloaded with impl pydensecrf and no side cap (Triton model control, config
+    override) serves exactly the in-process reference."""
     import tritonclient.http as tc
 
     config = _json_config(repository[0] / "densecrf")
-    config["parameters"]["impl"] = {"string_value": "torch"}
-    config["parameters"]["threads"] = {"string_value": "2"}
-    config["instance_group"][0]["count"] = 1
+    config["parameters"]["impl"] = {"string_value": "pydensecrf"}
+    config["parameters"]["max_side"] = {"string_value": "0"}
     data = encode(photo(375, 500), "JPEG")
     client = tc.InferenceServerClient(server.http_url)
     try:
         client.load_model("densecrf", config=json.dumps(config))
         served = client.get_model_config("densecrf")["parameters"]
-        assert served["impl"]["string_value"] == "torch"
+        assert served["impl"]["string_value"] == "pydensecrf"
         labels = infer(server, "http", f"{repository[1]}_segment", data, ["LABELS"])["LABELS"]
     finally:
         client.load_model("densecrf")  # back to the repository's config
         client.close()
-    expected = reference.labels(data)
-    assert labels.shape == expected.shape
-    assert (labels == expected).mean() >= 0.99, (labels == expected).mean()
+    np.testing.assert_array_equal(labels, reference.reference_labels(data))
+
+
+def test_bad_densecrf_parameter_fails_at_load_with_its_message(server, repository):
+    import tritonclient.http as tc
+    from tritonclient.utils import InferenceServerException
+
+    client = tc.InferenceServerClient(server.http_url)
+    try:
+        for key, value, message in [
+            ("max_side", "-3", "max_side must be an integer >= 0"),
+            ("threads", "lots", "threads must be a positive integer or auto"),
+            ("impl", "fast", "unknown CRF implementation"),
+        ]:
+            config = _json_config(repository[0] / "densecrf")
+            config["parameters"][key] = {"string_value": value}
+            with pytest.raises(InferenceServerException, match=message):
+                client.load_model("densecrf", config=json.dumps(config))
+        client.load_model("densecrf")
+        assert client.is_model_ready("densecrf")
+        assert client.is_model_ready(f"{repository[1]}_segment")
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -292,7 +292,9 @@ def write_method(repository: str | Path, method: str) -> list[str]:
 
 
 def write_all(repository: str | Path) -> list[str]:
-    """Writes the ensembles of every exported method in ``repository``."""
+    """Writes the ensembles of every exported method in ``repository`` (and fits densecrf's
+    instance count to this host: :func:`fit_densecrf`)."""
+    fit_densecrf(repository)
     return [
         name for m in exported_methods(Path(repository)) for name in write_method(repository, m)
     ]
@@ -328,6 +330,34 @@ def configure_densecrf(
     tmp.write_text("".join(header) + text_format.MessageToString(config).rstrip("\n") + "\n")
     tmp.replace(path)
     return path
+
+
+def fit_densecrf(repository: str | Path, cores: int | None = None) -> int | None:
+    """Writes densecrf's instance count for a host of ``cores`` (default: this one) when its
+    ``instances`` parameter is ``auto`` (:func:`wsss.serving.crf_layout.choose_layout`).
+
+    Returns the count written, None when the file was left as it was (a fixed count, already
+    right, or no densecrf in ``repository``).
+    """
+    from wsss.serving.crf_layout import AUTO, choose_layout
+
+    path = Path(repository) / "densecrf" / "config.pbtxt"
+    if not path.is_file():
+        return None
+    config = read_config(path)
+    if "instances" in config.parameters:
+        wanted = config.parameters["instances"].string_value.strip() or AUTO
+    else:
+        wanted = AUTO
+    if wanted != AUTO or len(config.instance_group) != 1:
+        return None
+    group = config.instance_group[0]
+    gpu = group.kind == mc.ModelInstanceGroup.KIND_GPU
+    count = choose_layout(cores, gpu_instance=gpu).instances
+    if group.count == count:
+        return None
+    configure_densecrf(repository, {}, count)
+    return count
 
 
 def repository_from_run(

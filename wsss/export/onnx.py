@@ -422,7 +422,10 @@ def export_module(
 
     inputs, outputs = tc.onnx_tensor_specs(onnx_model)
     outputs = tc.with_labels(outputs, network.labelled_outputs())
-    config = tc.model_config(name, tc.ORT_PLATFORM, max_batch_size, inputs, outputs, kind, count)
+    config = tc.model_config(
+        name, tc.ORT_PLATFORM, max_batch_size, inputs, outputs, kind, count,
+        warmup_side=tc.WARM_UP_SIDE,
+    )  # fmt: skip
     tc.write_labels(model_dir / tc.LABELS_FILE, network.channel_names(meta))
     config_path = model_dir / "config.pbtxt"
     axis = "foreground classes" if network.foreground_only else "background + classes"

@@ -37,6 +37,12 @@ ONNX_TO_TRITON: dict[int, str] = {
 }
 
 
+# Model warm-up (``model_warmup``): one zero image of this side, the size the ``preprocess``
+# model sends for every photo larger than it, so the first request is not the one that pays
+# for ONNX Runtime's first-run allocations.
+WARM_UP_SIDE = 512
+
+
 class Token(str):
     """An enum value (``KIND_CPU``, ``TYPE_FP32``): written without quotes."""
 
@@ -121,6 +127,19 @@ def onnx_tensor_specs(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
     return specs(model.graph.input), specs(model.graph.output)
 
 
+def warmup_entries(inputs: list[dict], side: int = WARM_UP_SIDE) -> list[dict[str, Any]]:
+    """``model_warmup`` with one sample of batch 1: zeros, variable dims set to ``side``."""
+    tensors = {
+        spec["name"]: {
+            "data_type": spec["data_type"],
+            "dims": [side if d < 0 else d for d in spec["dims"]],
+            "zero_data": True,
+        }
+        for spec in inputs
+    }
+    return [{"name": f"zeros_{side}", "batch_size": 1, "inputs": map_entries(tensors)}]
+
+
 def model_config(
     name: str,
     platform: str,
@@ -131,12 +150,15 @@ def model_config(
     count: int = 1,
     dynamic_batching: bool = True,
     parameters: Mapping[str, str] | None = None,
+    queue_delay_us: int = 0,
+    warmup_side: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A ModelConfig as nested data; ``extra`` adds any other ModelConfig field verbatim.
 
-    ``dynamic_batching {}`` lets Triton merge requests of the same image size (requests of
-    different sizes run one by one: variable H x W does not batch).
+    ``dynamic_batching`` lets Triton merge requests of the same image size (requests of
+    different sizes run one by one: variable H x W does not batch), waiting at most
+    ``queue_delay_us`` for more; ``warmup_side``: a :func:`warmup_entries` sample of that side.
     """
     if kind not in (KIND_CPU, KIND_GPU):
         raise ConfigError(f"instance kind {kind!r}: expected {KIND_CPU} or {KIND_GPU}")
@@ -151,7 +173,10 @@ def model_config(
         "instance_group": [{"count": count, "kind": Token(kind)}],
     }
     if dynamic_batching:
-        config["dynamic_batching"] = {}
+        delay = {"max_queue_delay_microseconds": queue_delay_us} if queue_delay_us else {}
+        config["dynamic_batching"] = delay
+    if warmup_side:
+        config["model_warmup"] = warmup_entries(inputs, warmup_side)
     if parameters:
         config["parameters"] = map_entries({k: {"string_value": v} for k, v in parameters.items()})
     config.update(extra)

@@ -51,10 +51,12 @@ class PythonModel:
     """Base of the Python-backend models: parses the config, loops over requests."""
 
     name = "model"
+    instance_kind = "CPU"
 
     def initialize(self, args: dict) -> None:
         self.model_config = json.loads(args["model_config"])
         self.name = args.get("model_name", self.name)
+        self.instance_kind = args.get("model_instance_kind", "CPU")  # CPU, GPU or MODEL
         self.parameters = config_parameters(self.model_config)
         self.input_names = [i["name"] for i in self.model_config["input"]]
         self.optional_inputs = {i["name"] for i in self.model_config["input"] if i.get("optional")}

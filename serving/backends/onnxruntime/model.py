@@ -6,9 +6,12 @@ this file makes unmodified ``platform: "onnxruntime_onnx"`` models load and serv
 ``onnxruntime`` Python package on CPU. The NVIDIA Triton container uses its real backend instead;
 the model configs are the same for both.
 
-Honoured config fields: ``input``/``output`` names and data types, ``default_model_filename``,
-and the ONNX Runtime backend's ``parameters`` ``intra_op_thread_count`` /
-``inter_op_thread_count`` (default: ``OMP_NUM_THREADS`` or 1).
+Honoured config fields, read as Triton's ONNX Runtime backend reads them: ``input``/``output``
+names and data types, ``default_model_filename``, ``optimization.graph.level`` (-1: basic, 1:
+extended, otherwise all graph optimisations) and the ``parameters`` ``intra_op_thread_count``
+(0 or unset: the cores this process may use, shared by the model's instances, so instances do
+not oversubscribe them) and ``inter_op_thread_count`` (default 1). Same-shape requests that
+Triton's dynamic batcher hands over together run as one batch.
 """
 
 from __future__ import annotations
@@ -25,11 +28,34 @@ def _parameter(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default) or default
 
 
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _default_threads(config: dict) -> int:
+    """The cores shared by the model's CPU instances."""
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [{}]))
+    return max(1, _cores() // max(1, instances))
+
+
+GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+}
+
+
 def _session_options(config: dict) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    threads = os.environ.get("OMP_NUM_THREADS", "1")
-    options.intra_op_num_threads = int(_parameter(config, "intra_op_thread_count", threads))
+    threads = int(_parameter(config, "intra_op_thread_count", "0"))
+    options.intra_op_num_threads = threads if threads > 0 else _default_threads(config)
     options.inter_op_num_threads = int(_parameter(config, "inter_op_thread_count", "1"))
+    level = int(config.get("optimization", {}).get("graph", {}).get("level", 0))
+    options.graph_optimization_level = GRAPH_LEVELS.get(
+        level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     # Spinning intra-op threads of several sessions slow each other down on few cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
@@ -47,31 +73,67 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(
             path, _session_options(config), providers=["CPUExecutionProvider"]
         )
+        self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         self.dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]
         }
 
-    def _run(self, request) -> list:
+    def _feed(self, request) -> dict[str, np.ndarray]:
         feed = {}
         for name in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"missing input {name!r}")
             feed[name] = tensor.as_numpy()
-        results = self.session.run(self.outputs, feed)
-        return [
+        return feed
+
+    def _response(self, results: list[np.ndarray]):
+        tensors = [
             pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=self.dtypes[name]))
             for name, value in zip(self.outputs, results, strict=True)
         ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def _run_batch(self, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+        """Requests whose inputs have the same shapes, as one batch; outputs split back."""
+        if len(feeds) == 1:
+            return [self.session.run(self.outputs, feeds[0])]
+        joined = {name: np.concatenate([f[name] for f in feeds]) for name in self.inputs}
+        results = self.session.run(self.outputs, joined)
+        cuts = np.cumsum([len(f[self.inputs[0]]) for f in feeds])[:-1]
+        per_output = [np.split(r, cuts) for r in results]
+        return [list(parts) for parts in zip(*per_output, strict=True)]
+
+    @staticmethod
+    def _error(exc: Exception):
+        error = pb_utils.TritonError(f"onnxruntime: {type(exc).__name__}: {exc}")
+        return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
+        responses: list = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, dict]]] = {}
+        for i, request in enumerate(requests):
             try:
-                responses.append(pb_utils.InferenceResponse(output_tensors=self._run(request)))
+                feed = self._feed(request)
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail the batch
-                error = pb_utils.TritonError(f"onnxruntime: {type(exc).__name__}: {exc}")
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                responses[i] = self._error(exc)
+                continue
+            key = tuple(feed[name].shape[1:] for name in self.inputs) if self.batched else (i,)
+            groups.setdefault(key, []).append((i, feed))
+        for members in groups.values():
+            try:
+                outputs = self._run_batch([feed for _, feed in members])
+            except Exception as exc:  # noqa: BLE001 - one bad request must not fail the batch
+                if len(members) == 1:
+                    responses[members[0][0]] = self._error(exc)
+                    continue
+                outputs = None  # run them one by one to find the bad one
+            for n, (i, feed) in enumerate(members):
+                try:
+                    result = outputs[n] if outputs is not None else self._run_batch([feed])[0]
+                    responses[i] = self._response(result)
+                except Exception as exc:  # noqa: BLE001
+                    responses[i] = self._error(exc)
         return responses
