@@ -813,9 +813,22 @@ def test_load_generator_counts_errors(server, repository):
     assert result["latency_ms"]["p50"] is None
 
 
-def test_bench_serving_stage_times_name_the_slowest_stage(tmp_path):
-    """Statistics deltas -> ms per request per stage; the slowest stage and its share reported."""
+def _bench_cell(key, protocol, clients, p50, rps, times, p99=None):
+    lat = {"p50": p50, "p95": p50 * 1.1, "p99": p99 or p50 * 1.2, "mean": p50 * 1.05,
+           "min": p50 * 0.9, "max": p50 * 1.3}  # fmt: skip
+    return {"endpoint": key, "model": "m_segment", "protocol": protocol, "clients": clients,
+            "requests": 8, "count": 8, "errors": 0, "throughput_rps": rps, "latency_ms": lat,
+            "metrics": {"m_deeplab": {"requests": 8, "inferences": 8, "executions": 4,
+                                      "queue_ms": 2.0, "compute_ms": 90.0}},
+            **times}  # fmt: skip
+
+
+def test_bench_serving_stage_times_targets_and_report(tmp_path):
+    """Statistics deltas -> ms per request per stage; the slowest stage, the targets table (with
+    the previous configuration and the 2026-11-21 figures), in-process, queue delay and
+    agreement tables from one results dict."""
     from wsss.bench import serving
+    from wsss.bench.serving_report import markdown, plot, targets
 
     stages = ["decode", "preprocess", "m_deeplab", "densecrf"]
     before = {name: {"success": (5, 10**9), "queue": (5, 0)} for name in [*stages, "m_segment"]}
@@ -825,52 +838,101 @@ def test_bench_serving_stage_times_name_the_slowest_stage(tmp_path):
             "queue": (9, 4 * 10**6),
             "compute_infer": (4, 4 * (ms - 1) * 10**6),
         }
-        for name, ms in zip([*stages, "m_segment"], (5, 2, 100, 700, 810), strict=True)
+        for name, ms in zip([*stages, "m_segment"], (5, 2, 100, 300, 410), strict=True)
     }
     times = serving.stage_times(before, after, "m_segment", stages)
-    assert times["server_ms"] == 810.0
+    assert times["server_ms"] == 410.0
     assert times["stages"]["densecrf"] == {
-        "requests": 4, "queue_ms": 1.0, "compute_ms": 699.0, "total_ms": 700.0
+        "requests": 4, "queue_ms": 1.0, "compute_ms": 299.0, "total_ms": 300.0
     }  # fmt: skip
-    lat = {"p50": 830.0, "p95": 900.0, "p99": 950.0, "mean": 875.0, "min": 800.0, "max": 960.0}
-    torch_times = {
-        "stages": {
-            **times["stages"],
-            "densecrf": {"compute_ms": 399.0, "queue_ms": 1.0, "total_ms": 400.0, "requests": 4},
-        },
-        "server_ms": 510.0,
-    }
-    torch_lat = {**lat, "p50": 530.0, "mean": 575.0}
-    cells = []
-    for key in ("cam", "segment", "segment_no_crf", "segment_torch_1x2"):
-        torch_crf = key == "segment_torch_1x2"
-        for protocol in serving.PROTOCOLS:
-            for clients in serving.CONCURRENCY:
-                cell = {"endpoint": key, "model": "m_segment", "protocol": protocol,
-                        "clients": clients, "requests": 8, "count": 8, "errors": 0,
-                        "throughput_rps": 0.9 if torch_crf else 1.2,
-                        "latency_ms": torch_lat if torch_crf else lat,
-                        **(torch_times if torch_crf else times)}  # fmt: skip
-                cell["slowest"] = serving.slowest(cell)
-                cells.append(cell)
-    top = serving.headline(cells)
-    assert (top["stage"], top["share"], top["protocol"]) == ("densecrf", 0.8, "http")
-    results = {"method": "m", "run_origin": "smoke run", "concurrency": [1, 2, 4],
-               "image": {"name": "astronaut", "size": [512, 512], "bytes": 65000},
-               "reference_crf": {"instances": 2, "threads": 1},
-               "torch_crf": serving.torch_layouts(2)[:1],
-               "load_average": [1.0, 1.5], "cells": cells, "slowest_stage": top}  # fmt: skip
-    text = serving.markdown(results)
-    assert "densecrf, 700 ms = 80% of the 875 ms end-to-end latency" in text
-    assert text.count("| `m_segment` (CRF) |") == 6
-    assert text.count("| `m_segment` (CRF: torch, 1x2) |") == 6
-    assert "1 instance x 2 threads: densecrf stage 399 ms against 699 ms" in text
-    assert "p50 530 against 830 ms" in text and "0.90 against 1.20 req/s at 4 clients" in text
-    assert [t["key"] for t in serving.torch_layouts(2)] == [
-        "segment_torch_1x2",
-        "segment_torch_2x1",
+    cells = [
+        _bench_cell(key, protocol, clients, 400.0 * clients, 2.4 * min(clients, 2), times)
+        for key in ("cam", "segment", "segment_no_crf")
+        for protocol in serving.PROTOCOLS
+        for clients in serving.CONCURRENCY
     ]
-    assert serving.plot(results, tmp_path / "serving.png").stat().st_size > 0
+    cells += [_bench_cell("previous_segment", "http", n, 900.0 * n, 1.1 * n, times) for n in (1, 4)]
+    cells += [_bench_cell("previous_cam", "http", 1, 150.0, 6.0, times)]
+    for cell in cells:
+        cell["slowest"] = serving.slowest(cell)
+    top = serving.headline(cells)
+    assert (top["stage"], top["share"], top["protocol"]) == ("densecrf", 0.714, "http")
+    baseline = {"measured": "2026-11-21T15:53", "load_average": [0.8, 1.8], "cells": [
+        _bench_cell("segment", "http", 1, 1931.0, 0.53, times),
+        _bench_cell("segment", "http", 4, 3980.0, 0.91, times, p99=5621.0),
+        _bench_cell("cam", "http", 1, 182.0, 5.5, times)]}  # fmt: skip
+    results = {
+        "method": "m", "run_origin": "smoke run", "concurrency": [1, 2, 4],
+        "image": {"name": "astronaut", "size": [512, 512], "bytes": 65000},
+        "densecrf": {"impl": "torch", "device": "cpu", "instances": 2, "threads": 1,
+                     "max_side": 384, "iterations": 10},
+        "load_average": [1.0, 1.5], "cells": cells, "slowest_stage": top, "baseline": baseline,
+        "in_process": {"segment": {"decode": 3.0, "deeplab": 90.0, "densecrf": 280.0,
+                                   "total": 380.0},
+                       "cam": {"decode": 3.0, "cam_net": 40.0, "total": 45.0},
+                       "settings": {"repeats": 16}},
+        "queue_delays": {"delays_us": [0, 2000], "cells": [
+            _bench_cell("delay2000_cam", "http", 1, 410.0, 2.4, times)]},
+        "agreement": {"reference": "pydensecrf2", "agreement": 0.995, "groups": {
+            "m: benchmark val": {"images": 2, "pixels": 100, "agreement": 1.0,
+                                 "worst": {"image": "val 1", "agreement": 1.0},
+                                 "miou": {"served": 50.0, "reference": 50.2}},
+            "m: photos": {"images": 1, "pixels": 100, "agreement": 0.99,
+                          "worst": {"image": "cat", "agreement": 0.99}}}},
+    }  # fmt: skip
+    rows = {row[0]: row for row in targets(results)}
+    assert rows["segment p50, 1 client (ms)"][1:] == ["1931", "900", "400", "<= 600", "yes"]
+    assert rows["segment req/s, 4 clients"][1:] == ["0.91", "4.40", "4.80", ">= 2.5", "yes"]
+    assert rows["served p50 / in-process p50 (segment)"][3:] == ["1.05", "<= 1.15", "yes"]
+    assert rows["cam p50, 1 client (ms)"][3:] == ["400", "<= 120", "**no**"]
+    assert rows["val DeepLab + CRF mIoU, served - reference (points)"][3] == "0.20"
+    text = markdown(results)
+    assert "densecrf, 300 ms = 71% of the 420 ms end-to-end latency" in text
+    assert text.count("| `m_segment` (CRF) | grpc |") == 3
+    assert "| `m_segment` (CRF) (2026-11-21 config) | http | 4 |" in text
+    assert "| 2000 | `m_cam` | 1 | 2.40 | 410 |" in text
+    assert "**99.50%** of pixels agree" in text and "| m: photos | 1 | 100 | 99.00% |" in text
+    assert "| m_deeplab | 1 | 99.0 | 1.0 | 24% | 90.0 | 2.0 | 2.00 |" in text
+    assert plot(results, tmp_path / "serving.png").stat().st_size > 0
+
+
+def test_bench_metrics_endpoint_parsing(monkeypatch):
+    from wsss.bench import serving_checks
+
+    pages = iter([
+        'nv_inference_request_success{model="densecrf",version="1"} 4\n'
+        'nv_inference_queue_duration_us{model="densecrf",version="1"} 1000\n',
+        '# HELP nv_inference_count Number of inferences\n'
+        'nv_inference_request_success{model="densecrf",version="1"} 8\n'
+        'nv_inference_count{model="densecrf",version="1"} 8\n'
+        'nv_inference_exec_count{model="densecrf",version="1"} 2\n'
+        'nv_inference_queue_duration_us{model="densecrf",version="1"} 9000\n'
+        'nv_inference_compute_infer_duration_us{model="densecrf",version="1"} 400000\n'
+        'nv_inference_request_failure{model="densecrf",reason="OTHER",version="1"} 0\n',
+    ])  # fmt: skip
+    urls = []
+
+    class Page:
+        def __init__(self, url, timeout):
+            urls.append(url)
+            self.text = next(pages)
+
+        def read(self):
+            return self.text.encode()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(serving_checks.urllib.request, "urlopen", Page)
+    before = serving_checks.read_metrics("http://127.0.0.1:9/metrics")
+    after = serving_checks.read_metrics("127.0.0.1:9")
+    assert urls == ["http://127.0.0.1:9/metrics"] * 2
+    times = serving_checks.metrics_times(before, after, ["densecrf", "absent"])
+    assert times == {"densecrf": {"requests": 4, "inferences": 8, "executions": 2,
+                                  "queue_ms": 2.0, "compute_ms": 100.0}}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- client CLI

@@ -1,35 +1,39 @@
 """Serving section: the local Triton end to end, per endpoint, protocol and concurrency.
 
-The models: the quality section's ``runs/cam`` (default preset) when it holds both checkpoints,
-else a smoke run trained into ``runs/serving-smoke``. They are exported (ONNX, parity-checked)
-into ``serving_repo/`` next to the results and served by the Triton binary of nvidia-pytriton
-on free loopback ports. One real photo (scikit-image's astronaut, 512x512 JPEG) is sent by
-:func:`wsss.serving.load.run_load` to ``<method>_cam``, ``<method>_segment`` (dense CRF on) and
-``<method>_segment`` with ``crf=false``, over HTTP and gRPC, from 1, 2 and 4 closed-loop
-clients. Around every measured cell Triton's statistics API gives, per composing model
-(decode, preprocess, the ONNX network, densecrf / cam_post), the mean queue and compute time
-per request; the slowest stage of a segment request and its share of the end-to-end latency
-are named. Then ``densecrf`` runs the PyTorch CRF (:func:`wsss.export.ensembles.
-configure_densecrf`) in two layouts, one instance on every core and one one-thread instance per
-core, each on a server of its own, and ``<method>_segment`` is measured again.
+The models: the quality section's ``runs/cam/seed0`` (default preset) when it holds both
+checkpoints, else a smoke run trained into ``runs/serving-smoke``. They are exported (ONNX,
+parity-checked), with the ``imagenet`` source beside them, into ``serving_repo/`` next to the
+results, with the checked-in ``densecrf`` config (its ``auto`` layout resolved for this host),
+and served by the Triton binary of nvidia-pytriton on free loopback ports. One real photo
+(scikit-image's astronaut, 512x512 JPEG) is sent by :func:`wsss.serving.load.run_load` to
+``<method>_cam``, ``<method>_segment`` (dense CRF on) and ``<method>_segment`` with
+``crf=false``, over HTTP and gRPC, from 1, 2 and 4 closed-loop clients. Around every cell
+Triton's statistics API and its Prometheus metrics endpoint give, per composing model, the
+mean queue and compute time per request; the slowest stage of a segment request is named.
+
+Then (:mod:`wsss.bench.serving_checks`): served labels against the reference pipeline
+(pydensecrf2 at full settings, in process) on the benchmark's validation images and real
+photos; the same work in one process (served p50 / in-process p50); dynamic batching's queue
+delay at ``QUEUE_DELAYS_US``; and the configuration measured on 2026-11-21 (pydensecrf2 on two
+instances, networks on one thread) again on the same machine, beside that day's figures.
 """
 
 from __future__ import annotations
 
 import io
-import math
+import json
 import os
 import shutil
 from pathlib import Path
 
-from wsss.bench.common import Say, fmt, markdown_table
+from wsss.bench.common import Say, fmt
 
 CONCURRENCY = (1, 2, 4)
 PROTOCOLS = ("http", "grpc")
 # (key, endpoint suffix, request parameters, outputs, requests per cell)
 ENDPOINTS = (
     ("cam", "_cam", None, ["SCORES", "CAMS", "CLASS_NAMES"], 32),
-    ("segment", "_segment", None, ["LABELS"], 16),
+    ("segment", "_segment", None, ["LABELS"], 32),
     ("segment_no_crf", "_segment", {"crf": False}, ["LABELS"], 32),
 )
 LABELS = {
@@ -37,22 +41,14 @@ LABELS = {
     "segment": "`{m}_segment` (CRF)",
     "segment_no_crf": "`{m}_segment` crf=false",
 }
-
-
-def reference_layout(repository: Path) -> dict:
-    """The exported densecrf's layout: its instance count, pydensecrf2's single thread each."""
-    from wsss.export.ensembles import read_config
-
-    config = read_config(repository / "densecrf" / "config.pbtxt")
-    return {"instances": config.instance_group[0].count, "threads": 1}
-
-
-def torch_layouts(cores: int) -> list[dict]:
-    """densecrf layouts measured with the PyTorch CRF: all cores in one instance (latency) and
-    one one-thread instance per core (throughput), each with its endpoint key."""
-    layouts = [(1, cores), (cores, 1)] if cores > 1 else [(1, 1)]
-    return [{"key": f"segment_torch_{i}x{t}", "instances": i, "threads": t} for i, t in layouts]
-
+PREVIOUS = "previous"  # key prefix of the cells of the 2026-11-21 configuration
+QUEUE_DELAYS_US = (0, 2000, 10000)
+BASELINE = Path(__file__).resolve().parents[2] / "bench" / "results" / "2026-11-21"
+# The issue's targets (2-core CPU, 512 x 512 JPEG, CRF on, HTTP).
+TARGETS = {
+    "segment_p50_ms": 600, "segment_rps_4": 2.5, "p99_over_p50_4": 3.0, "agreement": 0.99,
+    "miou_gap": 0.3, "served_over_in_process": 1.15, "cam_p50_ms": 120,
+}  # fmt: skip
 
 WARMUP = 2  # unmeasured requests per endpoint and protocol
 TIMEOUT = 300.0  # seconds per request
@@ -71,13 +67,13 @@ def photo_jpeg(name: str = IMAGE, quality: int = 90) -> bytes:
 
 def find_run(out_dir: Path, say: Say) -> tuple[Path, str]:
     """(run directory, how it was found): the quality section's cam run, else a smoke run."""
-    quality = out_dir / "runs" / "cam"
-    if (quality / "classifier.pt").is_file() and (quality / "deeplab.pt").is_file():
-        return quality, "quality section's default-preset run"
+    for quality in (out_dir / "runs" / "cam" / "seed0", out_dir / "runs" / "cam"):
+        if (quality / "classifier.pt").is_file() and (quality / "deeplab.pt").is_file():
+            return quality, "quality section's default-preset run"
     from wsss.cli import main
 
     run = out_dir / "runs" / "serving-smoke"
-    say(f"serving: no {quality}/deeplab.pt; training a smoke run into {run}")
+    say(f"serving: no quality run of cam in {out_dir / 'runs'}; training a smoke run into {run}")
     args = [
         "cam",
         "--preset",
@@ -91,6 +87,24 @@ def find_run(out_dir: Path, say: Say) -> tuple[Path, str]:
     if main(args) != 0:
         raise RuntimeError(f"smoke run into {run} failed")
     return run, "smoke run (the quality section's runs/cam was not there)"
+
+
+def validation_images(run: Path, limit: int | None = None) -> list:
+    """(image, mask) of the validation split of the run's built-in benchmark (none for other
+    datasets)."""
+    from wsss.data import build_source
+    from wsss.data.synthetic import SyntheticConfig
+
+    data = json.loads((run / "config.json").read_text())["data"]
+    if data["name"] != "synthetic":
+        return []
+    synthetic = SyntheticConfig(
+        seed=data["synthetic_seed"], image_size=data["synthetic_size"],
+        n_train=data["synthetic_train"], n_val=data["synthetic_val"],
+    )  # fmt: skip
+    source = build_source("synthetic", data.get("root"), synthetic, progress=False)
+    ids = source.ids(data["val_split"])[:limit]
+    return [(sample.image, sample.mask) for sample in map(source.load, ids)]
 
 
 def model_stats(http_url: str) -> dict[str, dict[str, tuple[int, int]]]:
@@ -165,8 +179,19 @@ def slowest(cell: dict) -> dict | None:
     }
 
 
-def measure(server, method: str, payload: bytes, say: Say, endpoints=ENDPOINTS) -> list[dict]:
-    """Every endpoint x protocol x concurrency cell: run_load summary plus stage times."""
+def measure(
+    server,
+    method: str,
+    payload: bytes,
+    say: Say,
+    endpoints=ENDPOINTS,
+    protocols=PROTOCOLS,
+    concurrency=CONCURRENCY,
+    prefix: str = "",
+) -> list[dict]:
+    """Every endpoint x protocol x concurrency cell: run_load summary plus stage times from the
+    statistics API and the metrics endpoint; ``prefix`` goes in front of the cells' keys."""
+    from wsss.bench.serving_checks import metrics_times, read_metrics
     from wsss.serving.load import run_load
 
     cells = []
@@ -174,23 +199,25 @@ def measure(server, method: str, payload: bytes, say: Say, endpoints=ENDPOINTS) 
     for key, suffix, params, outputs, total in endpoints:
         endpoint = method + suffix
         stages = ensemble_steps(server.http_url, endpoint)
-        for protocol in PROTOCOLS:
+        for protocol in protocols:
             url = urls[protocol]
             run_load(url, protocol, endpoint, payload, 1, WARMUP, params, outputs, timeout=TIMEOUT)
-            for clients in CONCURRENCY:
-                per_client = math.ceil(total / clients)
-                before = model_stats(server.http_url)
+            for clients in concurrency:
+                per_client = max(1, total // clients) if clients == 1 else 2 * total // clients
+                before, scraped = model_stats(server.http_url), read_metrics(server.metrics_url)
                 result = run_load(
                     url, protocol, endpoint, payload, clients, per_client, params, outputs,
                     timeout=TIMEOUT,
                 )  # fmt: skip
                 after = model_stats(server.http_url)
-                cell = {"endpoint": key, **result, **stage_times(before, after, endpoint, stages)}
+                metrics = metrics_times(scraped, read_metrics(server.metrics_url), stages)
+                times = stage_times(before, after, endpoint, stages)
+                cell = {"endpoint": prefix + key, **result, **times, "metrics": metrics}
                 cell["slowest"] = slowest(cell)
                 cells.append(cell)
                 lat = result["latency_ms"]
                 say(
-                    f"serving: {endpoint} {key} {protocol} x{clients}: "
+                    f"serving: {endpoint} {prefix}{key} {protocol} x{clients}: "
                     f"{result['throughput_rps']:.2f} req/s, p50 {fmt(lat['p50'], 0)} "
                     f"p95 {fmt(lat['p95'], 0)} p99 {fmt(lat['p99'], 0)} ms, "
                     f"{result['errors']} errors"
@@ -208,35 +235,66 @@ def headline(cells: list[dict]) -> dict | None:
     return None
 
 
+def baseline_cells(path: Path = BASELINE / "results.json") -> dict | None:
+    """The 2026-11-21 serving figures (pydensecrf2 2 x 1, networks on one thread), if kept."""
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text())["sections"].get("serving")
+    if entry is None:
+        return None
+    keep = [c for c in entry["results"]["cells"] if c["endpoint"] in ("cam", "segment")]
+    cells = [{k: c[k] for k in ("endpoint", "protocol", "clients", "throughput_rps",
+                                 "latency_ms")} for c in keep]  # fmt: skip
+    return {"measured": entry["measured"], "cells": cells,
+            "load_average": entry["results"].get("load_average")}  # fmt: skip
+
+
 def section(out_dir: Path, say: Say) -> dict:
-    """Trains or finds the models, exports, serves, measures; the server always stops."""
+    """Trains or finds the models, exports, serves, measures; the servers always stop."""
     from PIL import Image
 
-    from wsss.export.ensembles import configure_densecrf, repository_from_run
+    from wsss.bench import serving_checks as checks
+    from wsss.export.ensembles import repository_from_run
+    from wsss.imagenet.export import repository_for_imagenet
     from wsss.serving.server import TritonServer
 
     run, origin = find_run(out_dir, say)
     repository = out_dir / "serving_repo"
     shutil.rmtree(repository, ignore_errors=True)
     method = repository_from_run(run, repository, say=lambda line: None)
-    say(f"serving: {run} ({origin}) exported to {repository}")
+    repository_for_imagenet(repository, say=lambda line: None)
+    crf = checks.served_crf(repository)
+    say(f"serving: {run} ({origin}) and the imagenet source exported to {repository}; "
+        f"densecrf: {crf.params.impl} on {crf.params.device}, side <= {crf.max_side}")  # fmt: skip
     payload = photo_jpeg()
     width, height = Image.open(io.BytesIO(payload)).size
     load_before = os.getloadavg()[0]
-    log = out_dir / "runs" / "serving-triton.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    reference = reference_layout(repository)
-    with TritonServer(repository, 0, 0, 0, log_path=log) as server:
+    logs = out_dir / "runs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with TritonServer(repository, 0, 0, 0, log_path=logs / "serving-triton.log") as server:
         cells = measure(server, method, payload, say)
-    layouts = torch_layouts(os.cpu_count() or 1)
-    for layout in layouts:
-        settings = {"impl": "torch", "device": "cpu", "threads": str(layout["threads"])}
-        configure_densecrf(repository, settings, layout["instances"])
-        say(f"serving: densecrf on the PyTorch CRF, {_layout(layout)}")
-        torch_log = log.with_name(f"serving-triton-{layout['key']}.log")
-        with TritonServer(repository, 0, 0, 0, log_path=torch_log) as server:
-            endpoint = (layout["key"], "_segment", None, ["LABELS"], 16)
-            cells += measure(server, method, payload, say, [endpoint])
+        say("serving: served labels against the pydensecrf2 reference")
+        agreement = checks.agreement(server.http_url, repository, method, validation_images(run))
+    say("serving: the same work in one process")
+    local = checks.in_process(repository, method, payload)
+    http_14 = dict(protocols=("http",), concurrency=(1, 4))
+    two = [e for e in ENDPOINTS if e[0] in ("cam", "segment")]
+    delays = []
+    for delay in QUEUE_DELAYS_US[1:]:
+        checks.set_queue_delay(repository, method, delay)
+        log = logs / f"serving-triton-delay{delay}.log"
+        with TritonServer(repository, 0, 0, 0, log_path=log) as server:
+            found = measure(server, method, payload, say, two, prefix=f"delay{delay}_", **http_14)
+        delays += found
+    checks.set_queue_delay(repository, method, 0)
+    previous_repo = out_dir / "serving_repo_previous"
+    shutil.rmtree(previous_repo, ignore_errors=True)
+    shutil.copytree(repository, previous_repo)
+    previous = checks.previous_layout(previous_repo, method)
+    say("serving: the 2026-11-21 configuration on this machine")
+    log = logs / "serving-triton-previous.log"
+    with TritonServer(previous_repo, 0, 0, 0, log_path=log) as server:
+        cells += measure(server, method, payload, say, two, prefix=f"{PREVIOUS}_", **http_14)
     top = headline(cells)
     if top:
         say(f"serving: slowest stage of {top['model']}: {top['stage']} {top['share']:.0%}")
@@ -246,174 +304,28 @@ def section(out_dir: Path, say: Say) -> dict:
         "method": method,
         "image": {"name": IMAGE, "size": [height, width], "format": "JPEG", "bytes": len(payload)},
         "concurrency": list(CONCURRENCY),
-        "reference_crf": reference,
-        "torch_crf": layouts,
+        "densecrf": {
+            "impl": crf.params.impl,
+            "device": crf.params.device,
+            "instances": checks._json_config(repository / "densecrf")["instance_group"][0].get(
+                "count", 1
+            ),
+            "threads": crf.threads,
+            "max_side": crf.max_side,
+            "iterations": crf.params.iterations,
+        },  # fmt: skip
+        "previous": previous,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cells": cells,
+        "queue_delays": {"delays_us": list(QUEUE_DELAYS_US), "cells": delays},
+        "in_process": local,
+        "agreement": agreement,
+        "baseline": baseline_cells(),
         "slowest_stage": top,
     }
 
 
-def _cell(results: dict, key: str, protocol: str, clients: int) -> dict | None:
-    return next(
-        (
-            c
-            for c in results["cells"]
-            if (c["endpoint"], c["protocol"], c["clients"]) == (key, protocol, clients)
-        ),
-        None,
-    )
+# The report (runner: markdown, plot) lives in its own module.
+from wsss.bench.serving_report import markdown, plot  # noqa: E402
 
-
-def _layout(layout: dict) -> str:
-    """ "1 instance x 2 threads"."""
-    i, t = layout["instances"], layout["threads"]
-    return f"{i} instance{'s' * (i != 1)} x {t} thread{'s' * (t != 1)}"
-
-
-def _label(results: dict, key: str) -> str:
-    """The endpoint's name in tables and plots."""
-    layout = next((t for t in results.get("torch_crf", []) if t["key"] == key), None)
-    if layout is not None:
-        size = f"{layout['instances']}x{layout['threads']}"
-        return f"`{results['method']}_segment` (CRF: torch, {size})"
-    return LABELS[key].format(m=results["method"])
-
-
-def _endpoint_keys(results: dict) -> list[str]:
-    return [key for key, *_ in ENDPOINTS] + [t["key"] for t in results.get("torch_crf", [])]
-
-
-def crf_comparison(results: dict) -> list[str]:
-    """Per torch layout, one sentence against pydensecrf2: the densecrf stage and p50 at one
-    client, throughput at the most clients (HTTP)."""
-
-    def numbers(key: str) -> tuple | None:
-        one = _cell(results, key, "http", 1)
-        many = _cell(results, key, "http", max(results["concurrency"]))
-        if one is None or many is None or "densecrf" not in one["stages"]:
-            return None
-        crf = one["stages"]["densecrf"]["compute_ms"]
-        return crf, one["latency_ms"]["p50"], many["throughput_rps"], many["clients"]
-
-    reference = numbers("segment")
-    lines = []
-    for layout in results.get("torch_crf", []):
-        ours = numbers(layout["key"])
-        if reference is None or ours is None:
-            continue
-        lines.append(
-            f"PyTorch CRF (`impl: torch`), {_layout(layout)}: densecrf stage "
-            f"{fmt(ours[0], 0)} ms against {fmt(reference[0], 0)} ms for pydensecrf2 "
-            f"({_layout(results['reference_crf'])}), segment p50 {fmt(ours[1], 0)} against "
-            f"{fmt(reference[1], 0)} ms (1 client, HTTP), {fmt(ours[2], 2)} against "
-            f"{fmt(reference[2], 2)} req/s at {reference[3]} clients.\n"
-        )
-    return lines
-
-
-def markdown(results: dict) -> str:
-    method = results["method"]
-    image = results["image"]
-    load = results["load_average"]
-    parts = [
-        f"Model: {results['run_origin']} (`{method}`). One {image['size'][1]}x"
-        f"{image['size'][0]} JPEG photo ({image['name']}, {image['bytes'] // 1024} KiB) per "
-        "request; closed-loop clients, latency in ms measured by the client. 1-minute load "
-        f"average {load[0]:.1f} before, {load[1]:.1f} after (other jobs share the CPU).\n"
-    ]
-    rows = []
-    for cell in results["cells"]:
-        lat = cell["latency_ms"]
-        rows.append(
-            [
-                _label(results, cell["endpoint"]),
-                cell["protocol"],
-                cell["clients"],
-                fmt(cell["throughput_rps"], 2),
-                fmt(lat["p50"], 0),
-                fmt(lat["p95"], 0),
-                fmt(lat["p99"], 0),
-                f"{cell['errors']}/{cell['requests']}",
-            ]
-        )
-    header = ["endpoint", "protocol", "clients", "req/s", "p50", "p95", "p99", "errors"]
-    parts.append(markdown_table(header, rows))
-    top = results.get("slowest_stage")
-    if top:
-        parts.append(
-            f"**Slowest stage of a `{top['model']}` request: {top['stage']}, "
-            f"{fmt(top['ms'], 0)} ms = {top['share']:.0%} of the {fmt(top['latency_ms'], 0)} ms "
-            f"end-to-end latency** (CRF on, 1 client, {top['protocol']}).\n"
-        )
-    parts += crf_comparison(results)
-    for key in ("segment", "cam"):
-        stage_rows = []
-        for clients in (1, max(results["concurrency"])):
-            cell = _cell(results, key, "http", clients)
-            if cell is None:
-                continue
-            mean = cell["latency_ms"]["mean"] or 0.0
-            for stage, t in cell["stages"].items():
-                share = f"{t['total_ms'] / mean:.0%}" if mean else "–"
-                stage_rows.append([stage, clients, fmt(t["compute_ms"]), fmt(t["queue_ms"]), share])
-            stage_rows.append(["end to end (client mean)", clients, fmt(mean), "", "100%"])
-        if stage_rows:
-            parts.append(
-                f"Per stage of {_label(results, key)} over HTTP (Triton statistics, mean "
-                "ms per request; share = (compute + queue) / end-to-end):\n\n"
-                + markdown_table(["stage", "clients", "compute", "queue", "share"], stage_rows)
-            )
-    return "\n".join(parts)
-
-
-def plot(results: dict, path: Path) -> Path:
-    """Throughput and p50 latency vs clients per endpoint and protocol; stage times at 1 client."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_rate, ax_lat, ax_stage) = plt.subplots(1, 3, figsize=(13, 4.8))
-    for key in _endpoint_keys(results):
-        for protocol, style in zip(PROTOCOLS, ("-o", "--s"), strict=True):
-            cells = [
-                c for c in results["cells"] if (c["endpoint"], c["protocol"]) == (key, protocol)
-            ]
-            if not cells:
-                continue
-            label = f"{_label(results, key).replace('`', '')} {protocol}"
-            clients = [c["clients"] for c in cells]
-            ax_rate.plot(clients, [c["throughput_rps"] for c in cells], style, label=label)
-            ax_lat.plot(clients, [c["latency_ms"]["p50"] or 0 for c in cells], style, label=label)
-    for ax, ylabel in ((ax_rate, "requests / s"), (ax_lat, "p50 latency (ms)")):
-        ax.set_xlabel("concurrent clients")
-        ax.set_ylabel(ylabel)
-        ax.set_xticks(results["concurrency"])
-    ax_rate.set_yscale("log")
-    ax_lat.set_yscale("log")
-    names: list[str] = []
-    colours: dict[str, tuple] = {}
-    torch_keys = [t["key"] for t in results.get("torch_crf", [])]
-    for key in ("cam", "segment_no_crf", "segment", *torch_keys):
-        cell = _cell(results, key, "http", 1)
-        if cell is None:
-            continue
-        names.append(_label(results, key).replace("`", ""))
-        left = 0.0
-        for stage, t in cell["stages"].items():
-            new = stage not in colours
-            colours.setdefault(stage, plt.cm.tab10(len(colours) % 10))
-            ax_stage.barh(
-                len(names) - 1, t["total_ms"], left=left, color=colours[stage],
-                label=stage if new else None,
-            )  # fmt: skip
-            left += t["total_ms"]
-    ax_stage.legend(fontsize=6)
-    ax_stage.set_yticks(range(len(names)), names, fontsize=7)
-    ax_stage.set_xlabel("ms per request (Triton statistics), 1 client, HTTP", fontsize=8)
-    fig.tight_layout(rect=(0, 0.2, 1, 1))
-    fig.legend(*ax_rate.get_legend_handles_labels(), loc="lower left", ncol=4, fontsize=7)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+__all__ = ["markdown", "plot", "section"]

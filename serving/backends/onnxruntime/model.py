@@ -7,11 +7,10 @@ this file makes unmodified ``platform: "onnxruntime_onnx"`` models load and serv
 the model configs are the same for both.
 
 Honoured config fields, read as Triton's ONNX Runtime backend reads them: ``input``/``output``
-names and data types, ``default_model_filename``, ``optimization.graph.level`` (-1: basic, 1:
-extended, otherwise all graph optimisations) and the ``parameters`` ``intra_op_thread_count``
-(0 or unset: the cores this process may use, shared by the model's instances, so instances do
-not oversubscribe them) and ``inter_op_thread_count`` (default 1). Same-shape requests that
-Triton's dynamic batcher hands over together run as one batch.
+names and data types, ``default_model_filename``, and the session settings of
+:mod:`wsss.serving.ort_session` (graph optimisation level, intra-/inter-op threads: by default
+the cores shared by the model's instances). Same-shape requests that Triton's dynamic batcher
+hands over together run as one batch.
 """
 
 from __future__ import annotations
@@ -23,42 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-
-def _parameter(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default) or default
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _default_threads(config: dict) -> int:
-    """The cores shared by the model's CPU instances."""
-    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [{}]))
-    return max(1, _cores() // max(1, instances))
-
-
-GRAPH_LEVELS = {
-    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-}
-
-
-def _session_options(config: dict) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    threads = int(_parameter(config, "intra_op_thread_count", "0"))
-    options.intra_op_num_threads = threads if threads > 0 else _default_threads(config)
-    options.inter_op_num_threads = int(_parameter(config, "inter_op_thread_count", "1"))
-    level = int(config.get("optimization", {}).get("graph", {}).get("level", 0))
-    options.graph_optimization_level = GRAPH_LEVELS.get(
-        level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    )
-    # Spinning intra-op threads of several sessions slow each other down on few cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
+from wsss.serving.ort_session import session_options
 
 
 class TritonPythonModel:
@@ -71,7 +35,7 @@ class TritonPythonModel:
         if os.path.isdir(path):  # Triton's directory form: model.onnx/model.onnx + external data
             path = os.path.join(path, "model.onnx")
         self.session = ort.InferenceSession(
-            path, _session_options(config), providers=["CPUExecutionProvider"]
+            path, session_options(config), providers=["CPUExecutionProvider"]
         )
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [i["name"] for i in config["input"]]
