@@ -410,6 +410,32 @@ def test_losses_step_on_tiny_network():
     assert set(no_pool.losses(net, batch, StepInfo(0, 0, 1))) == {"cls", "_cls", "tcp", "cpcr"}
 
 
+def test_handover_gate_holds_tcp_and_cpcr_until_the_cams_are_positive():
+    """With handover_cam_positive, L_tcp and L_cpcr are constant 0 while the
+    original image's present-class CAMs are not positive; from the first batch where they are,
+    the gate stays open."""
+    net = tiny_net()
+    batch = {"image": torch.rand(2, 3, 32, 32) * 255, "labels": torch.tensor([[1.0, 0, 0]] * 2)}
+    method = CPN(CPNConfig(strategy="grid", handover_cam_positive=0.9))
+    with torch.no_grad():  # class 0's CAM below zero everywhere
+        net.classifier.weight.zero_()
+    torch.manual_seed(7)
+    terms = method.losses(net, batch, StepInfo(0, 0, 10))
+    assert terms["tcp"] == 0 and terms["cpcr"] == 0 and method.gate.opened_at is None
+    assert not terms["tcp"].requires_grad and not terms["cpcr"].requires_grad  # constants
+    with torch.no_grad():  # class 0's CAM now positive everywhere
+        net.classifier.weight.abs_().add_(1.0)
+    terms = method.losses(net, batch, StepInfo(0, 3, 10))
+    assert method.gate.opened_at == 3 and terms["tcp"] > 0
+    with torch.no_grad():
+        net.classifier.weight.neg_()
+    method.losses(net, batch, StepInfo(0, 4, 10))
+    assert method.gate.opened_at == 3  # latched
+    ungated = CPN(CPNConfig(strategy="grid"))
+    ungated.losses(tiny_net(), batch, StepInfo(0, 0, 10))
+    assert ungated.gate.opened_at == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry, presets, end to end
 

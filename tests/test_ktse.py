@@ -11,6 +11,7 @@ from wsss.checkpoint import load_classifier
 from wsss.cli import main
 from wsss.config import RunConfig
 from wsss.methods import StepInfo, get_method
+from wsss.methods.handover import present_positive_fraction
 from wsss.methods.ktse import (
     KTSE,
     LOSS_NAMES,
@@ -25,7 +26,6 @@ from wsss.methods.ktse import (
     masked_cross_entropy,
     max_norm,
     present_keys,
-    present_positive_fraction,
     pseudo_labels,
     sample_pairs,
     select_stacked,
@@ -352,9 +352,9 @@ def test_handover_waits_for_positive_cams_then_ramps():
     alive = torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None, None]
     assert method.auxiliary_weight(StepInfo(0, 0, 10), alive, labels) == 0.0  # warm-up
     assert method.auxiliary_weight(StepInfo(0, 2, 10), dead, labels) == 0.0  # 50 % positive
-    assert method.handed_over_at is None
+    assert method.gate.opened_at is None
     assert method.auxiliary_weight(StepInfo(0, 3, 10), alive, labels) == pytest.approx(0.2)
-    assert method.handed_over_at == 3
+    assert method.gate.opened_at == 3
     # Kept on when the CAMs dip again; the ramp reaches 1 after 0.5 x 10 steps.
     assert method.auxiliary_weight(StepInfo(0, 4, 10), dead, labels) == pytest.approx(0.4)
     assert method.auxiliary_weight(StepInfo(0, 9, 10), dead, labels) == 1.0

@@ -27,5 +27,10 @@ if [ "${WSSS_TENSORRT:-auto}" = "auto" ] && nvidia-smi -L >/dev/null 2>&1; then
     done
 fi
 
+# densecrf's instance count for this host (its config says instances: auto; the other auto
+# values are resolved by each instance at load).
+( cd /opt/wsss && python3 -m wsss.export.ensembles "${REPOSITORY}" >/dev/null ) \
+    || echo "could not fit densecrf to this host: it keeps its instance count" >&2
+
 # shellcheck disable=SC2086  # CONFIG_NAME is empty or one option
 exec tritonserver --model-repository="${REPOSITORY}" ${CONFIG_NAME} "$@"

@@ -32,7 +32,13 @@ def _p(cell: dict | None, key: str = "p50") -> float | None:
 
 
 def targets(results: dict) -> list[list[str]]:
-    """Rows: what, 2026-11-21, the 2026-11-21 configuration today, now, target, met."""
+    """Rows: what, 2026-11-21, the 2026-11-21 configuration today, now, target, met.
+
+    The tail target is p99 over p50 of the same four-client cell (no request starves behind
+    the others); p99 at four clients over p50 at one client is shown beside it without a
+    target: on two cores it is about 1.3 x 4 / (throughput x one-client p50), so it grows as a
+    lone request gets faster by using both cores.
+    """
     cells, base = results["cells"], (results.get("baseline") or {}).get("cells", [])
     t = S.TARGETS
     seg1, seg4 = _cell(cells, "segment", "http", 1), _cell(cells, "segment", "http", 4)
@@ -54,10 +60,10 @@ def targets(results: dict) -> list[list[str]]:
         ("segment req/s, 4 clients", rps(day4), rps(old4), rps(seg4), t["segment_rps_4"], ">=", 2),
         ("segment p99 / p50, 4 clients", ratio(day4), ratio(old4), ratio(seg4),
          t["p99_over_p50_4"], "<=", 2),
-        ("segment p99 at 4 clients / p50 at 1 client",
+        ("(for reference) segment p99 at 4 clients / p50 at 1 client",
          None if day4 is None else _p(day4, "p99") / _p(day1),
          None if old4 is None else _p(old4, "p99") / _p(old1),
-         _p(seg4, "p99") / _p(seg1), t["p99_over_p50_4"], "<=", 2),
+         _p(seg4, "p99") / _p(seg1), None, "", 2),
         ("served p50 / in-process p50 (segment)", None, None,
          _p(seg1) / local["segment"]["total"], t["served_over_in_process"], "<=", 2),
         ("cam p50, 1 client (ms)", _p(_cell(base, "cam", "http", 1)), _p(old_cam), _p(cam),
@@ -71,6 +77,9 @@ def targets(results: dict) -> list[list[str]]:
                      gap, t["miou_gap"], "<=", 2))  # fmt: skip
     out = []
     for what, day, old, now, target, op, digits in rows:
+        if target is None:  # shown, not a target
+            out.append([what, fmt(day, digits), fmt(old, digits), fmt(now, digits), "–", "–"])
+            continue
         met = now is not None and (now <= target if op == "<=" else now >= target)
         out.append([what, fmt(day, digits), fmt(old, digits), fmt(now, digits),
                     f"{op} {target}", "yes" if met else "**no**"])  # fmt: skip

@@ -26,6 +26,7 @@ from wsss.config import BENCHMARK_PRESETS, BackboneConfig, OptimConfig
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
 from wsss.methods.cpn_patches import make_cp_pair
+from wsss.methods.handover import HandOverGate
 from wsss.models.cam_net import CamNet
 from wsss.models.pcm import (
     PCM,
@@ -93,6 +94,9 @@ class CPNConfig:
     # performance, but changes the optimal background score" (code comment).
     minpool_loss: bool = True
     minpool_ratio: float = 0.25
+    # Beyond the authors (0 = off): L_tcp and L_cpcr start once the original image's present-
+    # class CAMs are positive on this share of a batch's images (wsss.methods.handover).
+    handover_cam_positive: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +269,10 @@ class CPN(Method):
     summary = "complementary patch pairs, triplet CAM network, PCM + pixel-region correlation"
     Config = CPNConfig
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.gate = HandOverGate()  # opens when L_tcp and L_cpcr start
+
     def build_model(self, backbone: nn.Module, num_classes: int) -> CPNNet:
         return CPNNet(backbone, num_classes, self.config)
 
@@ -301,6 +309,9 @@ class CPN(Method):
             pooled = sum(min_pool_loss(r * mask, cfg.minpool_ratio) for r in ref) / 3
             terms["minpool"] = cfg.w_cls * pooled
 
+        if not self.gate.is_open(info, out["cams"][:b], labels, cfg.handover_cam_positive):
+            zero = terms["cls"].new_zeros(())
+            return {**terms, "tcp": zero, "cpcr": zero}
         # Normalised, label-masked and weighted: Y_o, lam Y_h, lam' Y_h' (and the same for Y~).
         lam = pair.lam.view(b, 1, 1, 1)
         weights, norm = (1.0, lam, 1.0 - lam), cfg.loss_norm

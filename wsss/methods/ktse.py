@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss import distributed
 from wsss.config import BENCHMARK_PRESETS, OptimConfig, RunConfig
 from wsss.constants import IGNORE_INDEX
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
+from wsss.methods.handover import HandOverGate
 from wsss.methods.ktse_net import KTSENet
 from wsss.models.backbones.resnet38d import ResNet38d
 from wsss.models.frozen_bn import FrozenBatchNorm2d
@@ -335,17 +335,6 @@ def pseudo_labels(
     return out
 
 
-def present_positive_fraction(cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Share of images whose every present class has a positive CAM maximum.
-
-    cams [B, C, h, w] raw foreground CAM features; labels [B, C] -> scalar tensor in [0, 1].
-    """
-    top = cams.amax(dim=(2, 3))
-    present = labels > 0.5
-    healthy = ((top > 0) | ~present).all(dim=1) & present.any(dim=1)
-    return healthy.float().sum() / present.any(dim=1).float().sum().clamp(min=1)
-
-
 def masked_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, select: torch.Tensor
 ) -> torch.Tensor:
@@ -483,7 +472,7 @@ class KTSE(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        self.handed_over_at: int | None = None  # step at which SSR, SIE and MGA started
+        self.gate = HandOverGate()  # opens when SSR, SIE and MGA start
 
     def auxiliary_weight(self, info: StepInfo, cams: torch.Tensor, labels: torch.Tensor) -> float:
         """0 while only L_cls trains; then the ramp of SSR, SIE and MGA up to 1.
@@ -495,17 +484,11 @@ class KTSE(Method):
         cfg = self.config
         if in_warmup(info, cfg.warmup_fraction):
             return 0.0
-        if self.handed_over_at is None:
-            if cfg.handover_cam_positive > 0:
-                positive = distributed.all_reduce_mean(
-                    present_positive_fraction(cams.detach(), labels)
-                )
-                if float(positive) < cfg.handover_cam_positive:
-                    return 0.0
-            self.handed_over_at = info.step
+        if not self.gate.is_open(info, cams, labels, cfg.handover_cam_positive):
+            return 0.0
         if cfg.ramp_fraction <= 0:
             return 1.0
-        done = info.step - self.handed_over_at + 1
+        done = info.step - self.gate.opened_at + 1
         return min(1.0, done / (cfg.ramp_fraction * info.max_step))
 
     def losses(self, model: nn.Module, batch: dict, info: StepInfo) -> dict[str, torch.Tensor]:
