@@ -410,30 +410,40 @@ def test_losses_step_on_tiny_network():
     assert set(no_pool.losses(net, batch, StepInfo(0, 0, 1))) == {"cls", "_cls", "tcp", "cpcr"}
 
 
-def test_handover_gate_holds_tcp_and_cpcr_until_the_cams_are_positive():
-    """With handover_cam_positive, L_tcp and L_cpcr are constant 0 while the
-    original image's present-class CAMs are not positive; from the first batch where they are,
-    the gate stays open."""
-    net = tiny_net()
+def test_handover_trains_the_baseline_until_the_cams_are_positive():
+    """With handover_cam_positive (and a warm-up), steps train the plain CAM baseline on the
+    original images (L_tcp, L_cpcr, min-pool constant 0) until, after the warm-up, the present
+    classes' CAMs are positive; the CP triplet starts at the next step and stays on."""
+    from wsss.methods.cam import classification_loss
+
+    net = tiny_net(cam_dropout=0.0)  # deterministic logits
     batch = {"image": torch.rand(2, 3, 32, 32) * 255, "labels": torch.tensor([[1.0, 0, 0]] * 2)}
-    method = CPN(CPNConfig(strategy="grid", handover_cam_positive=0.9))
-    with torch.no_grad():  # class 0's CAM below zero everywhere
-        net.classifier.weight.zero_()
-    torch.manual_seed(7)
-    terms = method.losses(net, batch, StepInfo(0, 0, 10))
-    assert terms["tcp"] == 0 and terms["cpcr"] == 0 and method.gate.opened_at is None
-    assert not terms["tcp"].requires_grad and not terms["cpcr"].requires_grad  # constants
-    with torch.no_grad():  # class 0's CAM now positive everywhere
+    method = CPN(CPNConfig(strategy="grid", handover_cam_positive=0.9, warmup_fraction=0.2))
+    with torch.no_grad():  # class 0's CAM positive everywhere
         net.classifier.weight.abs_().add_(1.0)
-    terms = method.losses(net, batch, StepInfo(0, 3, 10))
-    assert method.gate.opened_at == 3 and terms["tcp"] > 0
+    terms = method.losses(net, batch, StepInfo(0, 1, 10))  # warm-up: the gate cannot open
+    assert method.gate.opened_at is None
+    expected = classification_loss(net(batch["image"])["logits"], batch["labels"])
+    assert torch.allclose(terms["cls"], expected)  # the original images alone, weight 1
+    assert all(terms[k] == 0 and not terms[k].requires_grad for k in ("tcp", "cpcr", "minpool"))
+    with torch.no_grad():  # now below zero: after the warm-up, still closed
+        net.classifier.weight.neg_()
+    method.losses(net, batch, StepInfo(0, 2, 10))
+    assert method.gate.opened_at is None
     with torch.no_grad():
         net.classifier.weight.neg_()
-    method.losses(net, batch, StepInfo(0, 4, 10))
+    terms = method.losses(net, batch, StepInfo(0, 3, 10))
+    assert method.gate.opened_at == 3 and terms["tcp"] == 0  # opens; this step is a baseline one
+    torch.manual_seed(7)
+    terms = method.losses(net, batch, StepInfo(0, 4, 10))
+    assert terms["tcp"].requires_grad and terms["cpcr"].requires_grad  # the triplet
+    with torch.no_grad():
+        net.classifier.weight.neg_()
+    method.losses(net, batch, StepInfo(0, 5, 10))
     assert method.gate.opened_at == 3  # latched
-    ungated = CPN(CPNConfig(strategy="grid"))
-    ungated.losses(tiny_net(), batch, StepInfo(0, 0, 10))
-    assert ungated.gate.opened_at == 0
+    ungated = CPN(CPNConfig(strategy="grid"))  # the paper's: the triplet from the first step
+    assert ungated.losses(tiny_net(), batch, StepInfo(0, 0, 10))["tcp"].requires_grad
+    assert ungated.gate.opened_at is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from wsss.config import BENCHMARK_PRESETS, BackboneConfig, OptimConfig
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
 from wsss.methods.cpn_patches import make_cp_pair
-from wsss.methods.handover import HandOverGate
+from wsss.methods.handover import HandOverGate, in_warmup
 from wsss.models.cam_net import CamNet
 from wsss.models.pcm import (
     PCM,
@@ -94,9 +94,13 @@ class CPNConfig:
     # performance, but changes the optimal background score" (code comment).
     minpool_loss: bool = True
     minpool_ratio: float = 0.25
-    # Beyond the authors (0 = off): L_tcp and L_cpcr start once the original image's present-
-    # class CAMs are positive on this share of a batch's images (wsss.methods.handover).
+    # Beyond the authors (0 = off): the CP triplet (L_cls on I_h and I_h', L_tcp, L_cpcr,
+    # min-pool) starts after ``warmup_fraction`` of the steps, once the original image's
+    # present-class CAMs are positive on ``handover_cam_positive`` of a batch's images
+    # (wsss.methods.handover); until then the network trains as the plain CAM baseline, on the
+    # original images alone.
     handover_cam_positive: float = 0.0
+    warmup_fraction: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +275,7 @@ class CPN(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        self.gate = HandOverGate()  # opens when L_tcp and L_cpcr start
+        self.gate = HandOverGate()  # the CP triplet starts at the step after it opens
 
     def build_model(self, backbone: nn.Module, num_classes: int) -> CPNNet:
         return CPNNet(backbone, num_classes, self.config)
@@ -281,6 +285,15 @@ class CPN(Method):
         images, labels = batch["image"], batch["labels"]
         b, _, h, w = images.shape
         fill = _unwrap(model).normalize.mean.view(3)  # hidden = 0 after normalisation
+        gated = cfg.handover_cam_positive > 0 or cfg.warmup_fraction > 0
+        if gated and self.gate.opened_at is None:  # the plain CAM baseline's step
+            out = model(images)
+            if not in_warmup(info, cfg.warmup_fraction):  # may open the gate for the next step
+                self.gate.is_open(info, out["cams"], labels, cfg.handover_cam_positive)
+            cls = classification_loss(out["logits"], labels)
+            zero = cls.new_zeros(())
+            terms = {"cls": cls, "_cls": cls.detach(), "tcp": zero, "cpcr": zero}
+            return {**terms, "minpool": zero} if cfg.minpool_loss else terms
         pair = make_cp_pair(
             images,
             fill,
@@ -309,9 +322,6 @@ class CPN(Method):
             pooled = sum(min_pool_loss(r * mask, cfg.minpool_ratio) for r in ref) / 3
             terms["minpool"] = cfg.w_cls * pooled
 
-        if not self.gate.is_open(info, out["cams"][:b], labels, cfg.handover_cam_positive):
-            zero = terms["cls"].new_zeros(())
-            return {**terms, "tcp": zero, "cpcr": zero}
         # Normalised, label-masked and weighted: Y_o, lam Y_h, lam' Y_h' (and the same for Y~).
         lam = pair.lam.view(b, 1, 1, 1)
         weights, norm = (1.0, lam, 1.0 - lam), cfg.loss_norm

@@ -17,6 +17,11 @@ from wsss import distributed
 from wsss.methods.base import StepInfo
 
 
+def in_warmup(info: StepInfo, fraction: float) -> bool:
+    """True while ``info.step`` lies in the first ``fraction`` of the optimiser steps."""
+    return info.step < fraction * info.max_step
+
+
 def present_positive_fraction(cams: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Share of images whose every present class has a positive CAM maximum.
 

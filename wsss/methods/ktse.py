@@ -34,7 +34,7 @@ from wsss.config import BENCHMARK_PRESETS, OptimConfig, RunConfig
 from wsss.constants import IGNORE_INDEX
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
-from wsss.methods.handover import HandOverGate
+from wsss.methods.handover import HandOverGate, in_warmup
 from wsss.methods.ktse_net import KTSENet
 from wsss.models.backbones.resnet38d import ResNet38d
 from wsss.models.frozen_bn import FrozenBatchNorm2d
@@ -144,11 +144,6 @@ class KTSEConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def in_warmup(info: StepInfo, fraction: float) -> bool:
-    """True while ``info.step`` lies in the first ``fraction`` of the optimiser steps."""
-    return info.step < fraction * info.max_step
 
 
 def max_norm(cams: torch.Tensor, mode: str = "minmax", eps: float = 1e-5) -> torch.Tensor:
