@@ -35,6 +35,7 @@ def test_benchmark_presets_adapt_each_method(preset):
     assert (cpn.strategy, cpn.grid_fractions, cpn.cam_dropout) == ("grid", (0.25, 0.5), 0.0)
     assert not cpn.infer_refined
     assert cpn.w_cls == 3.0  # the triplet's mean L_cls made a sum (160 steps, not 21,160)
+    assert (cpn.warmup_fraction, cpn.handover_cam_positive) == (0.25, 0.9)  # baseline first
 
 
 def test_paper_preset_keeps_the_papers_constants():
@@ -61,6 +62,7 @@ def test_paper_preset_keeps_the_papers_constants():
     cpn = config("cpn", "paper").method
     assert cpn.strategy == "superpixel" and cpn.cam_dropout == 0.5 and cpn.infer_refined
     assert cpn.w_cls == 1.0
+    assert (cpn.warmup_fraction, cpn.handover_cam_positive) == (0.0, 0.0)  # triplet from step 0
 
 
 def test_gpu_preset_is_the_benchmark_at_a_larger_size():
