@@ -307,13 +307,11 @@ def section(out_dir: Path, say: Say) -> dict:
         "densecrf": {
             "impl": crf.params.impl,
             "device": crf.params.device,
-            "instances": checks._json_config(repository / "densecrf")["instance_group"][0].get(
-                "count", 1
-            ),
+            "instances": checks.densecrf_instances(repository),
             "threads": crf.threads,
             "max_side": crf.max_side,
             "iterations": crf.params.iterations,
-        },  # fmt: skip
+        },
         "previous": previous,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cells": cells,

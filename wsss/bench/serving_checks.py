@@ -57,14 +57,18 @@ def _session(model_dir: Path):
     )
 
 
+def densecrf_instances(repository: Path) -> int:
+    """The instance count of the repository's densecrf config."""
+    return int(_json_config(repository / "densecrf")["instance_group"][0].get("count", 1))
+
+
 def served_crf(repository: Path):
     """The densecrf model's settings as an instance of it resolves them on this host."""
     from wsss.serving.backend import config_parameters
     from wsss.serving.models.densecrf import model_settings
 
-    config = _json_config(repository / "densecrf")
-    instances = int(config["instance_group"][0].get("count", 1))
-    return model_settings(config_parameters(config), instances=instances)
+    parameters = config_parameters(_json_config(repository / "densecrf"))
+    return model_settings(parameters, instances=densecrf_instances(repository))
 
 
 def _median_ms(samples: list[float]) -> float:
