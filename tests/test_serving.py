@@ -295,6 +295,25 @@ def test_refine_labels_caps_the_crf_side_and_scales_the_kernels():
     assert (kept.gaussian_sxy, kept.bilateral_sxy) == (1.0, 33.5)
 
 
+def test_crf_on_present_labels_keeps_the_full_crf_labels():
+    """Labels below ABSENT everywhere are left out of the CRF: same labels as the CRF over all
+    of them, probability 0 for the ones left out; one label left wins every pixel."""
+    from wsss.serving.models.densecrf import ABSENT, crf_on_present_labels
+
+    rgb = photo(40, 56)
+    rng = np.random.default_rng(5)
+    probs = np.full((6, 40, 56), 1e-6, np.float32)
+    probs[[0, 2, 5]] = rng.dirichlet(np.ones(3), size=(40, 56)).transpose(2, 0, 1)
+    probs[3, :5, :5] = 0.5 * ABSENT  # below the bar everywhere, though not zero
+    params = CRF_PRESETS["deeplab"]
+    out = crf_on_present_labels(rgb, probs, params)
+    np.testing.assert_array_equal(out.argmax(0), dense_crf(rgb, probs, params).argmax(0))
+    assert (out[[1, 3, 4]] == 0).all() and np.allclose(out.sum(0), 1.0, atol=1e-5)
+    single = np.zeros_like(probs)
+    single[4] = 1.0
+    np.testing.assert_array_equal(crf_on_present_labels(rgb, single, params), single)
+
+
 def test_backend_parameter_helpers():
     assert config_parameters({"parameters": {"a": {"string_value": "1"}}}) == {"a": "1"}
     assert as_flag("false", "crf") is False and as_flag(True, "crf") is True
