@@ -14,7 +14,7 @@ def config(method: str, preset: str):
 @pytest.mark.parametrize("preset", ["default", "gpu"])
 def test_benchmark_presets_adapt_each_method(preset):
     ktse = config("ktse", preset).method
-    assert (ktse.score, ktse.handover_cam_positive, ktse.ramp_fraction) == ("gap", 0.9, 0.25)
+    assert (ktse.score, ktse.handover_cam_positive, ktse.ramp_fraction) == ("gap", 0.9, 0.5)
     assert ktse.global_detach_anchor and ktse.dead_class == "ignore"
     assert ktse.par_dilations == (1, 2, 3, 5, 10)  # (1..24) x 128 / 320
     ecs = config("ecs", preset).method
