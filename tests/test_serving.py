@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wsss.bench.serving_checks import json_config
 from wsss.constants import voc_palette
 from wsss.export.ensembles import (
     RepositoryError,
@@ -230,9 +231,9 @@ def test_layout_chooser(monkeypatch):
 
 
 def test_model_settings_resolve_auto_and_reject_bad_values(monkeypatch):
-    from wsss.serving import crf_layout, models
+    from wsss.serving import crf_layout
 
-    monkeypatch.setattr(models.densecrf, "host_cores", lambda: 4)
+    monkeypatch.setattr(crf_layout, "host_cores", lambda: 4)
     settings = model_settings({"threads": "auto", "max_side": "384"}, instances=2)
     assert (settings.threads, settings.max_side, settings.params.impl) == (2, 384, "torch")
     assert model_settings({"threads": "3"}).threads == 3
@@ -420,7 +421,7 @@ def test_configure_densecrf_sets_checked_parameters(tmp_path):
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]
     configure_densecrf(tmp_path, {"impl": "torch", "threads": "2"}, instances=1)
     config = read_config(path)
-    params = config_parameters(_json_config(tmp_path / "densecrf"))
+    params = config_parameters(json_config(tmp_path / "densecrf"))
     assert (params["impl"], params["threads"], params["preset"]) == ("torch", "2", "deeplab")
     assert config.instance_group[0].count == 1 and config.backend == "python"
     assert path.read_text().splitlines()[: len(header)] == header
@@ -541,9 +542,9 @@ class Reference:
         self.deeplab = ort.InferenceSession(
             str(repo / f"{method}_deeplab" / "1" / "model.onnx"), options
         )
-        self.settings = model_settings(config_parameters(_json_config(repo / "densecrf")))
+        self.settings = model_settings(config_parameters(json_config(repo / "densecrf")))
         self.full = replace(self.settings.params, impl="pydensecrf")
-        pre = config_parameters(_json_config(repo / "preprocess"))
+        pre = config_parameters(json_config(repo / "preprocess"))
         self.max_side, self.min_side = int(pre["max_side"]), int(pre["min_side"])
         self._labels: dict[tuple[str, str], np.ndarray] = {}
 
@@ -563,11 +564,9 @@ class Reference:
 
     def labels(self, data: bytes, crf: bool = True) -> np.ndarray:
         """What the served densecrf computes (its settings, side cap included)."""
-        params = self.settings.params if crf else None
         return self._cached(
-            data, f"served-{crf}",
-            lambda rgb, probs: refine_labels(rgb, probs, params, self.settings.max_side)[0],
-        )  # fmt: skip
+            data, f"served-{crf}", lambda rgb, probs: self.settings.refine(rgb, probs, crf)[0]
+        )
 
     def reference_labels(self, data: bytes) -> np.ndarray:
         """pydensecrf2, full settings, at the network resolution."""
@@ -580,14 +579,6 @@ class Reference:
         feed = {self.cam_net.get_inputs()[0].name: self._input(rgb)}
         scores, cams = self.cam_net.run(None, feed)
         return scores[0], resize_bilinear(cams[0], rgb.shape[:2])
-
-
-def _json_config(model_dir: Path) -> dict:
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(
-        read_config(model_dir / "config.pbtxt"), preserving_proto_field_name=True
-    )
 
 
 @pytest.fixture(scope="module")
@@ -660,7 +651,7 @@ def test_densecrf_reloaded_with_pydensecrf_serves_the_reference(server, reposito
     override) serves exactly the in-process reference."""
     import tritonclient.http as tc
 
-    config = _json_config(repository[0] / "densecrf")
+    config = json_config(repository[0] / "densecrf")
     config["parameters"]["impl"] = {"string_value": "pydensecrf"}
     config["parameters"]["max_side"] = {"string_value": "0"}
     data = encode(photo(375, 500), "JPEG")
@@ -687,7 +678,7 @@ def test_bad_densecrf_parameter_fails_at_load_with_its_message(server, repositor
             ("threads", "lots", "threads must be a positive integer or auto"),
             ("impl", "fast", "unknown CRF implementation"),
         ]:
-            config = _json_config(repository[0] / "densecrf")
+            config = json_config(repository[0] / "densecrf")
             config["parameters"][key] = {"string_value": value}
             with pytest.raises(InferenceServerException, match=message):
                 client.load_model("densecrf", config=json.dumps(config))

@@ -65,30 +65,30 @@ def study(repository: Path, run: Path, method: str = "cam") -> dict:
     import torch
 
     from wsss.bench.serving import validation_images
-    from wsss.bench.serving_checks import _json_config, _session
+    from wsss.bench.serving_checks import (
+        class_names,
+        network_probs,
+        preprocess_sides,
+        segment_networks,
+    )
     from wsss.imagenet.photos import PHOTOS
     from wsss.metrics import SegmentationMeter
     from wsss.refine.crf import CRF_PRESETS
-    from wsss.serving.imaging import network_input, network_size
     from wsss.serving.models.densecrf import refine_labels
 
     torch.set_num_threads(1)
     reference = replace(CRF_PRESETS["deeplab"], impl="pydensecrf")
-    networks = {method: _session(repository / f"{method}_deeplab")}
-    if (repository / "imagenet_cam_seg").is_dir():
-        networks["imagenet"] = _session(repository / "imagenet_cam_seg")
+    networks = segment_networks(repository, method)
+    sides = preprocess_sides(repository)
     items = [(f"{p.name}/{n}", p.load(), None, n) for p in PHOTOS for n in networks]
     val = validation_images(run)
     items += [(f"val {i}", image, mask, method) for i, (image, mask) in enumerate(val)]
-    config = _json_config(repository / f"{method}_segment")
-    names = json.loads(config["parameters"]["class_names"]["string_value"])
+    names = class_names(repository, method)
     rows = {v: {"agree": 0, "pixels": 0, "worst": (2.0, ""), "seconds": 0.0,
                 "meter": SegmentationMeter(names)} for v in VARIANTS}  # fmt: skip
     ref_meter = SegmentationMeter(names)
     for name, image, mask, network in items:
-        session = networks[network]
-        x = network_input(image, network_size(*image.shape[:2], 512, 32))
-        probs = session.run(None, {session.get_inputs()[0].name: x})[0][0]
+        probs = network_probs(networks[network], image, sides)
         labels = refine_labels(image, probs, reference)[0]
         if mask is not None:
             ref_meter.update(mask, labels)

@@ -20,7 +20,6 @@ import numpy as np
 from wsss.bench.common import markdown_table
 
 BG_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
-REPOSITORY = Path(__file__).resolve().parents[2] / "serving" / "model_repository"
 
 
 class Pipeline:
@@ -28,40 +27,32 @@ class Pipeline:
     probabilities [1000]) in process."""
 
     def __init__(self, table_path: Path, combination: str, score_threshold: float):
+        from wsss.bench.serving_checks import preprocess_sides, served_crf
+        from wsss.export.ensembles import source_repository
         from wsss.imagenet.network import ImagenetCamNet
         from wsss.imagenet.table import load_table
-        from wsss.serving.models.densecrf import crf_params
 
         self.net = ImagenetCamNet(load_table(table_path), combination)
         self.score_threshold = score_threshold
-        self.crf = crf_params(_config_parameters("densecrf"))
-        # the preprocess model's resize policy, as served
-        self.sides = {k: int(v) for k, v in _config_parameters("preprocess").items()}
+        repository = source_repository()  # the checked-in shared models' settings, as served
+        self.crf = served_crf(repository)  # densecrf's, side cap included
+        self.sides = preprocess_sides(repository)  # preprocess's resize policy
 
     def run(self, image: np.ndarray, bg_threshold: float) -> tuple[np.ndarray, ...]:
         import torch
 
         from wsss.export.wrappers import CamSegExport
         from wsss.serving.imaging import network_input, network_size
-        from wsss.serving.models.densecrf import refine_labels
 
-        size = network_size(*image.shape[:2], **self.sides)
+        size = network_size(*image.shape[:2], *self.sides)
         x = torch.from_numpy(network_input(image, size))
         seg = CamSegExport(self.net, self.score_threshold, bg_threshold)
         with torch.inference_mode():
             probs = seg(x)[0].numpy()
             out = self.net(x)
-        labels, _ = refine_labels(image, probs, self.crf)
+        labels, _ = self.crf.refine(image, probs)
         scores = out["logits"].sigmoid()[0].numpy()
         return labels, scores, out["imagenet_logits"].softmax(1)[0].numpy()
-
-
-def _config_parameters(model: str) -> dict[str, str]:
-    """The checked-in config parameters of a shared serving model."""
-    from wsss.export.ensembles import read_config
-
-    config = read_config(REPOSITORY / model / "config.pbtxt")
-    return {k: v.string_value for k, v in config.parameters.items()}
 
 
 def _photo_rows(pipeline: Pipeline, bg_threshold: float, say) -> list[dict]:

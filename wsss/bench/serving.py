@@ -27,28 +27,17 @@ import shutil
 from pathlib import Path
 
 from wsss.bench.common import Say, fmt
+from wsss.bench.serving_report import PREVIOUS, PROTOCOLS, markdown, plot
 
 CONCURRENCY = (1, 2, 4)
-PROTOCOLS = ("http", "grpc")
 # (key, endpoint suffix, request parameters, outputs, requests per cell)
 ENDPOINTS = (
     ("cam", "_cam", None, ["SCORES", "CAMS", "CLASS_NAMES"], 32),
     ("segment", "_segment", None, ["LABELS"], 32),
     ("segment_no_crf", "_segment", {"crf": False}, ["LABELS"], 32),
 )
-LABELS = {
-    "cam": "`{m}_cam`",
-    "segment": "`{m}_segment` (CRF)",
-    "segment_no_crf": "`{m}_segment` crf=false",
-}
-PREVIOUS = "previous"  # key prefix of the cells of the 2026-11-21 configuration
 QUEUE_DELAYS_US = (0, 2000, 10000)
 BASELINE = Path(__file__).resolve().parents[2] / "bench" / "results" / "2026-11-21"
-# The issue's targets (2-core CPU, 512 x 512 JPEG, CRF on, HTTP).
-TARGETS = {
-    "segment_p50_ms": 600, "segment_rps_4": 2.5, "p99_over_p50_4": 3.0, "agreement": 0.99,
-    "miou_gap": 0.3, "served_over_in_process": 1.15, "cam_p50_ms": 120,
-}  # fmt: skip
 
 WARMUP = 2  # unmeasured requests per endpoint and protocol
 TIMEOUT = 300.0  # seconds per request
@@ -90,21 +79,12 @@ def find_run(out_dir: Path, say: Say) -> tuple[Path, str]:
 
 
 def validation_images(run: Path, limit: int | None = None) -> list:
-    """(image, mask) of the validation split of the run's built-in benchmark (none for other
-    datasets)."""
-    from wsss.data import build_source
-    from wsss.data.synthetic import SyntheticConfig
+    """(image, mask) of the validation split of the run's dataset (as its config names it)."""
+    from wsss.pipeline import load_context
 
-    data = json.loads((run / "config.json").read_text())["data"]
-    if data["name"] != "synthetic":
-        return []
-    synthetic = SyntheticConfig(
-        seed=data["synthetic_seed"], image_size=data["synthetic_size"],
-        n_train=data["synthetic_train"], n_val=data["synthetic_val"],
-    )  # fmt: skip
-    source = build_source("synthetic", data.get("root"), synthetic, progress=False)
-    ids = source.ids(data["val_split"])[:limit]
-    return [(sample.image, sample.mask) for sample in map(source.load, ids)]
+    ctx = load_context(run)
+    ids = ctx.ids(ctx.cfg.data.val_split)[:limit]
+    return [(sample.image, sample.mask) for sample in map(ctx.source.load, ids)]
 
 
 def model_stats(http_url: str) -> dict[str, dict[str, tuple[int, int]]]:
@@ -323,7 +303,4 @@ def section(out_dir: Path, say: Say) -> dict:
     }
 
 
-# The report (runner: markdown, plot) lives in its own module.
-from wsss.bench.serving_report import markdown, plot  # noqa: E402
-
-__all__ = ["markdown", "plot", "section"]
+__all__ = ["PROTOCOLS", "markdown", "plot", "section"]

@@ -36,7 +36,8 @@ METRIC_KEYS = {
 _SAMPLE = re.compile(r'^(\w+)\{model="([^"]+)",version="[^"]*"\}\s+([0-9.eE+-]+)$')
 
 
-def _json_config(model_dir: Path) -> dict:
+def json_config(model_dir: Path) -> dict:
+    """A model's ``config.pbtxt`` as the JSON dict Triton hands its backends."""
     from google.protobuf import json_format
 
     from wsss.export.ensembles import read_config
@@ -45,21 +46,50 @@ def _json_config(model_dir: Path) -> dict:
     return json_format.MessageToDict(config, preserving_proto_field_name=True)
 
 
-def _session(model_dir: Path):
+def session(model_dir: Path):
     """The model's ONNX Runtime session, with the settings the served backend gives it."""
     import onnxruntime as ort
 
     from wsss.serving.ort_session import session_options
 
-    options = session_options(_json_config(model_dir))
+    options = session_options(json_config(model_dir))
     return ort.InferenceSession(
         str(model_dir / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
 
 
+def preprocess_sides(repository: Path) -> tuple[int, int]:
+    """(max_side, min_side) of the repository's ``preprocess`` model: its resize policy."""
+    pre = json_config(repository / "preprocess")["parameters"]
+    return int(pre["max_side"]["string_value"]), int(pre["min_side"]["string_value"])
+
+
+def segment_networks(repository: Path, method: str) -> dict:
+    """Name -> ONNX session of the networks behind ``<name>_segment``: the method's DeepLab
+    and, when exported, the imagenet source's ``imagenet_cam_seg``."""
+    networks = {method: session(repository / f"{method}_deeplab")}
+    if (repository / "imagenet_cam_seg").is_dir():
+        networks["imagenet"] = session(repository / "imagenet_cam_seg")
+    return networks
+
+
+def network_probs(network, image: np.ndarray, sides: tuple[int, int]) -> np.ndarray:
+    """The served network's probabilities [K, h, w] of an RGB image, resized as served."""
+    from wsss.serving.imaging import network_input, network_size
+
+    x = network_input(image, network_size(*image.shape[:2], *sides))
+    return network.run(None, {network.get_inputs()[0].name: x})[0][0]
+
+
+def class_names(repository: Path, method: str) -> list[str]:
+    """The class names (background first) of ``<method>_segment``."""
+    config = json_config(repository / f"{method}_segment")
+    return json.loads(config["parameters"]["class_names"]["string_value"])
+
+
 def densecrf_instances(repository: Path) -> int:
     """The instance count of the repository's densecrf config."""
-    return int(_json_config(repository / "densecrf")["instance_group"][0].get("count", 1))
+    return int(json_config(repository / "densecrf")["instance_group"][0].get("count", 1))
 
 
 def served_crf(repository: Path):
@@ -67,7 +97,7 @@ def served_crf(repository: Path):
     from wsss.serving.backend import config_parameters
     from wsss.serving.models.densecrf import model_settings
 
-    parameters = config_parameters(_json_config(repository / "densecrf"))
+    parameters = config_parameters(json_config(repository / "densecrf"))
     return model_settings(parameters, instances=densecrf_instances(repository))
 
 
@@ -81,14 +111,12 @@ def in_process(repository: Path, method: str, payload: bytes) -> dict:
 
     from wsss.serving.imaging import decode_image, network_input, network_size
     from wsss.serving.maps import resize_bilinear
-    from wsss.serving.models.densecrf import refine_labels
 
     crf = served_crf(repository)
     threads = torch.get_num_threads()
     torch.set_num_threads(crf.threads)
-    pre = _json_config(repository / "preprocess")["parameters"]
-    sides = int(pre["max_side"]["string_value"]), int(pre["min_side"]["string_value"])
-    deeplab, cam_net = (_session(repository / f"{method}{s}") for s in ("_deeplab", "_cam_net"))
+    sides = preprocess_sides(repository)
+    deeplab, cam_net = (session(repository / f"{method}{s}") for s in ("_deeplab", "_cam_net"))
     parts: dict[str, list[float]] = {}
 
     def timed(name: str, fn, *args):
@@ -105,7 +133,7 @@ def in_process(repository: Path, method: str, payload: bytes) -> dict:
     def segment():
         rgb, x = prepare()
         (probs,) = timed("deeplab", deeplab.run, None, {deeplab.get_inputs()[0].name: x})
-        timed("densecrf", refine_labels, rgb, probs[0], crf.params, crf.max_side)
+        timed("densecrf", crf.refine, rgb, probs[0])
 
     def cam():
         rgb, x = prepare()
@@ -162,33 +190,26 @@ def agreement(http_url: str, repository: Path, method: str, val_images) -> dict:
     """
     from wsss.imagenet.photos import PHOTOS
     from wsss.metrics import SegmentationMeter
-    from wsss.serving.imaging import network_input, network_size
     from wsss.serving.models.densecrf import refine_labels
 
     full = replace(served_crf(repository).params, impl="pydensecrf")
-    pre = _json_config(repository / "preprocess")["parameters"]
-    sides = int(pre["max_side"]["string_value"]), int(pre["min_side"]["string_value"])
-    networks = {method: _session(repository / f"{method}_deeplab")}
-    if (repository / "imagenet_cam_seg").is_dir():
-        networks["imagenet"] = _session(repository / "imagenet_cam_seg")
+    sides = preprocess_sides(repository)
+    networks = segment_networks(repository, method)
     val = [(f"val {i}", image, mask, method) for i, (image, mask) in enumerate(val_images)]
     groups = {f"{method}: benchmark val": val}
     for network in networks:
         groups[f"{network}: photos"] = [(p.name, p.load(), None, network) for p in PHOTOS]
-    names = _json_config(repository / f"{method}_segment")["parameters"]["class_names"]
-    class_names = json.loads(names["string_value"])
+    names = class_names(repository, method)
     results = {}
     for group, items in groups.items():
         agree = total = 0
         worst = (2.0, "")
-        meters = {k: SegmentationMeter(class_names) for k in ("served", "reference")}
+        meters = {k: SegmentationMeter(names) for k in ("served", "reference")}
         for name, image, mask, network in items:
             data = _png(image)
             served = _served_labels(http_url, f"{network}_segment", data)
-            session = networks[network]
-            x = network_input(image, network_size(*image.shape[:2], *sides))
-            (probs,) = session.run(None, {session.get_inputs()[0].name: x})
-            reference, _ = refine_labels(image, probs[0], full)
+            probs = network_probs(networks[network], image, sides)
+            reference, _ = refine_labels(image, probs, full)
             same = served == reference
             agree, total = agree + int(same.sum()), total + same.size
             worst = min(worst, (float(same.mean()), name))

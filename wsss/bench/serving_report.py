@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsss.bench import serving as S
 from wsss.bench.common import fmt, markdown_table
+
+PROTOCOLS = ("http", "grpc")
+LABELS = {
+    "cam": "`{m}_cam`",
+    "segment": "`{m}_segment` (CRF)",
+    "segment_no_crf": "`{m}_segment` crf=false",
+}
+PREVIOUS = "previous"  # key prefix of the cells of the 2026-11-21 configuration
+# The issue's targets (2-core CPU, 512 x 512 JPEG, CRF on, HTTP).
+TARGETS = {
+    "segment_p50_ms": 600, "segment_rps_4": 2.5, "p99_over_p50_4": 3.0, "agreement": 0.99,
+    "miou_gap": 0.3, "served_over_in_process": 1.15, "cam_p50_ms": 120,
+}  # fmt: skip
 
 
 def _cell(cells: list[dict], key: str, protocol: str, clients: int) -> dict | None:
@@ -19,12 +31,12 @@ def _label(results: dict, key: str) -> str:
     """The endpoint's name in tables and plots (cell keys: ``segment``, ``previous_segment``,
     ``delay2000_cam``, ...)."""
     method = results["method"]
-    if key.startswith(f"{S.PREVIOUS}_"):
-        return f"{S.LABELS[key[len(S.PREVIOUS) + 1 :]].format(m=method)} (2026-11-21 config)"
+    if key.startswith(f"{PREVIOUS}_"):
+        return f"{LABELS[key[len(PREVIOUS) + 1 :]].format(m=method)} (2026-11-21 config)"
     if key.startswith("delay"):
         delay, _, rest = key.partition("_")
-        return f"{S.LABELS[rest].format(m=method)} ({delay[5:]} us queue delay)"
-    return S.LABELS[key].format(m=method)
+        return f"{LABELS[rest].format(m=method)} ({delay[5:]} us queue delay)"
+    return LABELS[key].format(m=method)
 
 
 def _p(cell: dict | None, key: str = "p50") -> float | None:
@@ -40,11 +52,11 @@ def targets(results: dict) -> list[list[str]]:
     lone request gets faster by using both cores.
     """
     cells, base = results["cells"], (results.get("baseline") or {}).get("cells", [])
-    t = S.TARGETS
+    t = TARGETS
     seg1, seg4 = _cell(cells, "segment", "http", 1), _cell(cells, "segment", "http", 4)
-    old1, old4 = (_cell(cells, f"{S.PREVIOUS}_segment", "http", n) for n in (1, 4))
+    old1, old4 = (_cell(cells, f"{PREVIOUS}_segment", "http", n) for n in (1, 4))
     day1, day4 = _cell(base, "segment", "http", 1), _cell(base, "segment", "http", 4)
-    cam, old_cam = _cell(cells, "cam", "http", 1), _cell(cells, f"{S.PREVIOUS}_cam", "http", 1)
+    cam, old_cam = _cell(cells, "cam", "http", 1), _cell(cells, f"{PREVIOUS}_cam", "http", 1)
     local = results["in_process"]
     agreement = results["agreement"]
     val = next((g for g in agreement["groups"].values() if "miou" in g), None)
@@ -89,7 +101,7 @@ def targets(results: dict) -> list[list[str]]:
 def reading(results: dict) -> str:
     """Where the time of a segment request goes now, from the 1-client HTTP stage times."""
     cell = _cell(results["cells"], "segment", "http", 1)
-    old = _cell(results["cells"], f"{S.PREVIOUS}_segment", "http", 1)
+    old = _cell(results["cells"], f"{PREVIOUS}_segment", "http", 1)
     if cell is None or not cell["stages"]:
         return ""
     mean = cell["latency_ms"]["mean"]
@@ -234,7 +246,7 @@ def queue_delay_table(results: dict) -> str:
                 net = next((m for s, m in cell.get("metrics", {}).items()
                             if s.endswith(("_cam_net", "_deeplab"))), {})  # fmt: skip
                 batch = net["inferences"] / net["executions"] if net.get("executions") else None
-                rows.append([delay, S.LABELS[key].format(m=results["method"]), clients,
+                rows.append([delay, LABELS[key].format(m=results["method"]), clients,
                              fmt(cell["throughput_rps"], 2), fmt(_p(cell), 0),
                              fmt(_p(cell, "p99"), 0), fmt(batch, 2)])  # fmt: skip
     return (
@@ -286,7 +298,7 @@ def plot(results: dict, path: Path) -> Path:
     fig, (ax_rate, ax_lat, ax_stage) = plt.subplots(1, 3, figsize=(13, 4.8))
     keys = list(dict.fromkeys(c["endpoint"] for c in results["cells"]))
     for key in keys:
-        for protocol, style in zip(S.PROTOCOLS, ("-o", "--s"), strict=True):
+        for protocol, style in zip(PROTOCOLS, ("-o", "--s"), strict=True):
             cells = [
                 c for c in results["cells"] if (c["endpoint"], c["protocol"]) == (key, protocol)
             ]

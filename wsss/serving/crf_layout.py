@@ -50,6 +50,12 @@ def host_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cores_per_instance(instances: int, cores: int | None = None) -> int:
+    """Each of ``instances`` instances' share of the host's (or ``cores``) cores, at least 1."""
+    cores = host_cores() if cores is None else max(1, cores)
+    return max(1, cores // max(1, instances))
+
+
 def torch_importable() -> bool:
     """Whether ``import torch`` would find a package (without importing it)."""
     return importlib.util.find_spec("torch") is not None
@@ -78,4 +84,5 @@ def choose_layout(
         return CRFLayout("torch", "cuda", 1, 1)
     impl = "torch" if has_torch else "pydensecrf"
     instances = min(cores, MAX_INSTANCES)
-    return CRFLayout(impl, "cpu", instances, max(1, cores // instances) if has_torch else 1)
+    threads = cores_per_instance(instances, cores) if has_torch else 1
+    return CRFLayout(impl, "cpu", instances, threads)

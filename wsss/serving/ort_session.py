@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import onnxruntime as ort
 
-from wsss.serving.crf_layout import host_cores
+from wsss.serving.crf_layout import cores_per_instance
 
 GRAPH_LEVELS = {
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -31,7 +31,7 @@ def intra_op_threads(config: dict) -> int:
     if threads > 0:
         return threads
     instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [{}]))
-    return max(1, host_cores() // max(1, instances))
+    return cores_per_instance(instances)
 
 
 def session_options(config: dict) -> ort.SessionOptions:

@@ -27,7 +27,7 @@ import numpy as np
 from wsss.refine.crf import CRF_PRESETS, CRFParams
 from wsss.refine.crf_select import check_impl, dense_crf
 from wsss.serving.backend import PythonModel, RequestError, as_flag
-from wsss.serving.crf_layout import AUTO, choose_layout, host_cores
+from wsss.serving.crf_layout import AUTO, choose_layout, cores_per_instance
 from wsss.serving.imaging import network_size, resize_rgb
 from wsss.serving.maps import resize_bilinear, upsample_argmax
 
@@ -85,7 +85,7 @@ def torch_threads(parameters: dict[str, str], instances: int = 1) -> int:
     """Intra-op threads of one torch instance: the ``threads`` parameter, or for ``auto`` (or
     unset) this host's cores shared by ``instances``."""
     threads = _auto_or_count(parameters, "threads")
-    return threads if threads is not None else max(1, host_cores() // max(1, instances))
+    return threads if threads is not None else cores_per_instance(instances)
 
 
 def max_side(parameters: dict[str, str]) -> int:
@@ -103,6 +103,10 @@ class ServedCRF:
     params: CRFParams
     threads: int
     max_side: int
+
+    def refine(self, image: np.ndarray, probs: np.ndarray, crf: bool = True):
+        """:func:`refine_labels` with these settings (``crf`` false: the plain argmax)."""
+        return refine_labels(image, probs, self.params if crf else None, self.max_side)
 
 
 def model_settings(
@@ -164,7 +168,7 @@ def refine_labels(
     (h, w) scaled down to a longest side of ``max_side`` (> 0) with the kernels scaled alike,
     over the labels present somewhere (:func:`crf_on_present_labels`).
     """
-    k, h, w = probs.shape
+    _, h, w = probs.shape
     if params is not None and params.iterations > 0:
         size = (h, w)
         if 0 < max_side < max(h, w):
@@ -200,7 +204,7 @@ class TritonPythonModel(PythonModel):
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, (WARM_UP_SIDE, WARM_UP_SIDE, 3), dtype=np.uint8)
         probs = rng.dirichlet(np.ones(2), (WARM_UP_SIDE, WARM_UP_SIDE)).transpose(2, 0, 1)
-        refine_labels(image, probs.astype(np.float32), self.settings.params)
+        self.settings.refine(image, probs.astype(np.float32))
 
     def process(self, inputs: dict[str, np.ndarray], params: dict[str, Any]) -> dict:
         image, probs = inputs["IMAGE"], inputs["PROBS"]
@@ -211,8 +215,7 @@ class TritonPythonModel(PythonModel):
         if probs.ndim != 3 or image.ndim != 3:
             raise RequestError(f"bad shapes: IMAGE {image.shape}, PROBS {probs.shape}")
         use_crf = as_flag(params.get("crf", True), "crf")
-        crf = self.settings.params if use_crf else None
-        labels, refined = refine_labels(image, probs, crf, self.settings.max_side)
+        labels, refined = self.settings.refine(image, probs, use_crf)
         outputs = {"LABELS": labels}
         if as_flag(params.get("probabilities", False), "probabilities"):
             outputs["PROBABILITIES"] = refined
