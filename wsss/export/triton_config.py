@@ -17,6 +17,8 @@ from typing import Any
 
 import onnx
 
+from wsss.serving.imaging import MAX_SIDE
+
 KIND_CPU = "KIND_CPU"
 KIND_GPU = "KIND_GPU"
 ORT_PLATFORM = "onnxruntime_onnx"
@@ -37,10 +39,10 @@ ONNX_TO_TRITON: dict[int, str] = {
 }
 
 
-# Model warm-up (``model_warmup``): one zero image of this side, the size the ``preprocess``
-# model sends for every photo larger than it, so the first request is not the one that pays
-# for ONNX Runtime's first-run allocations.
-WARM_UP_SIDE = 512
+# Model warm-up (``model_warmup``): one zero image of the ``preprocess`` model's largest side,
+# the size it sends for every photo larger than that, so the first request is not the one that
+# pays for ONNX Runtime's first-run allocations.
+WARM_UP_SIDE = MAX_SIDE
 
 
 class Token(str):

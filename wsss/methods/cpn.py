@@ -284,7 +284,6 @@ class CPN(Method):
         cfg: CPNConfig = self.config
         images, labels = batch["image"], batch["labels"]
         b, _, h, w = images.shape
-        fill = _unwrap(model).normalize.mean.view(3)  # hidden = 0 after normalisation
         gated = cfg.handover_cam_positive > 0 or cfg.warmup_fraction > 0
         if gated and self.gate.opened_at is None:  # the plain CAM baseline's step
             out = model(images)
@@ -294,6 +293,7 @@ class CPN(Method):
             zero = cls.new_zeros(())
             terms = {"cls": cls, "_cls": cls.detach(), "tcp": zero, "cpcr": zero}
             return {**terms, "minpool": zero} if cfg.minpool_loss else terms
+        fill = _unwrap(model).normalize.mean.view(3)  # hidden = 0 after normalisation
         pair = make_cp_pair(
             images,
             fill,
