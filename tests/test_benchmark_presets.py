@@ -38,6 +38,20 @@ def test_benchmark_presets_adapt_each_method(preset):
     assert (cpn.warmup_fraction, cpn.handover_cam_positive) == (0.25, 0.9)  # baseline first
 
 
+@pytest.mark.parametrize("preset", ["default", "gpu"])
+def test_seed_threshold_is_shared_unless_a_method_reads_off_its_own(preset):
+    thresholds = {
+        m: (c.cam.bg_threshold, c.pseudo.conf_fg, c.pseudo.conf_bg)
+        for m in ("cam", "ktse", "cpn", "ecs", "eps", "fbr")
+        for c in [config(m, preset)]
+    }
+    for method in ("cam", "ktse", "cpn", "ecs"):
+        assert thresholds[method] == (0.5, 0.6, 0.4)
+    # EPS's map is class against its learned background; FBR's covers more of the bodies.
+    assert thresholds["eps"] == (0.35, 0.45, 0.25)
+    assert thresholds["fbr"] == (0.6, 0.7, 0.5)
+
+
 def test_paper_preset_keeps_the_papers_constants():
     ktse = config("ktse", "paper").method
     assert ktse.score == "gpp" and ktse.handover_cam_positive == 0.0 and ktse.ramp_fraction == 0
@@ -59,6 +73,7 @@ def test_paper_preset_keeps_the_papers_constants():
     fbr = config("fbr", "paper").method
     assert (fbr.bg_score, fbr.query_threshold) == (0.10, 0.4)
     assert not config("fbr", "paper").cls.score_bias
+    assert config("eps", "paper").cam.bg_threshold == 0.20  # infer.py's constant background
     cpn = config("cpn", "paper").method
     assert cpn.strategy == "superpixel" and cpn.cam_dropout == 0.5 and cpn.infer_refined
     assert cpn.w_cls == 1.0

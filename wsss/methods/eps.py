@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.config import BENCHMARK_PRESETS
+from wsss.config import BENCHMARK_PRESETS, set_bg_threshold
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
 from wsss.models.cam_net import CamNet
@@ -268,6 +268,12 @@ class EPS(Method):
             # Each class read against the learned background (then max-normalised like every
             # method's CAM): seeds 45.6 -> 46.4 on the same classifier as the softmax read-out.
             m.cam_mode = "bg_margin"
+            # The shared threshold 0.5 was read off the baseline's GT-assisted curve; EPS's map
+            # (class against the learned background, max-normalised) is another quantity, and
+            # its own curve peaks lower in every seed: 0.35 / 0.36 / 0.32 (seeds 52.4 / 53.7 /
+            # 56.0 at 0.5, 57.4 / 58.0 / 61.6 at the best). Read off seed 0, rounded to 0.05;
+            # the confidence band moves with it (threshold -+ 0.1, as the shared one).
+            set_bg_threshold(run_config, 0.35)
             return
         if preset != "paper":
             return

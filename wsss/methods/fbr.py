@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss import distributed
-from wsss.config import BENCHMARK_PRESETS, BackboneConfig, OptimConfig
+from wsss.config import BENCHMARK_PRESETS, BackboneConfig, OptimConfig, set_bg_threshold
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import classification_loss
 from wsss.methods.fbr_losses import (
@@ -265,6 +265,12 @@ class FBR(Method):
             # that phase. Measured, three seeds (docs/benchmark.md): seeds 39.5 +- 9.4 -> 46.8
             # +- 1.9, CRF masks 50.5 +- 21.8 -> 64.2 +- 2.8, every seed healthy.
             run_config.cls.score_bias = True
+            # That host's GT-assisted curve peaks above the shared 0.5 in every seed, FBR's
+            # (0.62 / 0.61 / 0.61; seeds 48.6 / 47.1 / 44.9 at 0.5, 51.0 / 48.7 / 46.5 at the
+            # best) as the baseline's with the bias (0.62 / 0.63 / 0.62): maps whose background
+            # no longer has to sit below zero. Read off seed 0, rounded to 0.05, as the shared
+            # threshold was read off the bias-free baseline's.
+            set_bg_threshold(run_config, 0.6)
         if preset != "paper":
             return
         c = run_config.cls
