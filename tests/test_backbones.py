@@ -206,3 +206,25 @@ def test_real_mobilenet_v2_imagenet_checkpoint() -> None:
     logits = F.linear(pooled, file_state["classifier.1.weight"], file_state["classifier.1.bias"])
     assert logits.argmax().item() == 285  # "Egyptian cat"
     assert logits.softmax(-1)[0, 285] > 0.5
+
+
+def test_freeze_stem_fixes_the_resnet38_stem_of_loaded_weights(caplog) -> None:
+    from wsss.checkpoint import freeze_stem
+    from wsss.config import BackboneConfig, ConfigError
+
+    cfg = BackboneConfig("resnet38d", 8, "none", True, freeze_stem=True)
+    loaded = freeze_batchnorm(ResNet38d())  # frozen BN stands for loaded ImageNet weights
+    freeze_stem(loaded, cfg)
+    stem = {n for n, p in loaded.named_parameters() if not p.requires_grad}
+    assert stem and all(n.split(".")[0] in ResNet38d.stem_names for n in stem)
+    assert all(p.requires_grad for p in loaded.b3.parameters())
+    assert {n.split(".")[0] for n in stem} == set(ResNet38d.stem_names)
+
+    random_init = ResNet38d()  # trainable BN: no ImageNet weights, nothing frozen
+    with caplog.at_level(logging.WARNING, logger="wsss"):
+        freeze_stem(random_init, cfg)
+    assert all(p.requires_grad for p in random_init.parameters())
+    assert "stem is trained" in caplog.text
+
+    with pytest.raises(ConfigError, match="resnet38d only"):
+        freeze_stem(MobileNetV2(), BackboneConfig("mobilenetv2", freeze_stem=True))

@@ -74,6 +74,21 @@ def test_paper_preset_keeps_the_papers_constants():
     assert (fbr.bg_score, fbr.query_threshold) == (0.10, 0.4)
     assert not config("fbr", "paper").cls.score_bias
     assert config("eps", "paper").cam.bg_threshold == 0.20  # infer.py's constant background
+    eps_paper = config("eps", "paper")
+    assert eps_paper.affinity.labels == "pseudo" and eps_paper.method.overlap_eps_per_pixel
+    assert not config("eps", "default").method.overlap_eps_per_pixel
+    assert (eps_paper.cls.saliency_resize, config("eps", "default").cls.saliency_resize) == (
+        "bicubic",
+        "nearest",
+    )
+    assert (
+        config("cam", "paper").cls.hue_jitter == 0.1 and config("ktse", "paper").cls.hue_jitter == 0
+    )
+    assert config("cam", "default").cls.hue_jitter == 0  # class colours 13 degrees apart
+    assert config("cam", "paper").affinity.optim.legacy_psa_momentum
+    for method in ("cam", "ktse", "fbr", "cpn", "ecs", "eps"):  # psa's not_training stem
+        assert config(method, "paper").cls.backbone.freeze_stem
+        assert not config(method, "default").cls.backbone.freeze_stem
     cpn = config("cpn", "paper").method
     assert cpn.strategy == "superpixel" and cpn.cam_dropout == 0.5 and cpn.infer_refined
     assert cpn.w_cls == 1.0

@@ -161,3 +161,31 @@ def test_describe_mentions_the_problems():
 def test_wsss_data_does_not_import_torch():
     code = "import sys, wsss.data; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hue_jitter_rotates_hue_and_keeps_the_other_draws():
+    import colorsys
+
+    from wsss.data.transforms import color_jitter, shift_hue
+
+    rng = np.random.default_rng(0)
+    rgb = rng.uniform(0, 1, (4, 5, 3))
+    shifted = shift_hue(rgb, 0.1)
+    for pixel, out in zip(rgb.reshape(-1, 3), shifted.reshape(-1, 3), strict=True):
+        h, s, v = colorsys.rgb_to_hsv(*pixel)
+        assert np.allclose(out, colorsys.hsv_to_rgb((h + 0.1) % 1.0, s, v))
+    image = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    plain = color_jitter(image, 0.3, np.random.default_rng(3))
+    assert np.array_equal(plain, color_jitter(image, 0.3, np.random.default_rng(3), hue=0.0))
+    assert not np.array_equal(plain, color_jitter(image, 0.3, np.random.default_rng(3), hue=0.1))
+
+
+def test_soft_maps_can_be_resized_smoothly():
+    from wsss.data.transforms import resize
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    ramp = np.tile(np.array([0, 85, 170, 255], np.uint8), (4, 1))
+    _, nearest = resize(image, ramp, (8, 8))
+    _, bicubic = resize(image, ramp, (8, 8), "bicubic")
+    assert set(np.unique(nearest)) <= {0, 85, 170, 255}  # labels keep their values
+    assert len(np.unique(bicubic)) > 4  # a saliency ramp stays a ramp

@@ -52,6 +52,10 @@ def test_overlap_ratio_binarises_strictly_and_is_detached():
     assert o[0, 0].item() == pytest.approx(0.5)
     assert overlap_ratio(probs, saliency)[0, 1].item() == 0.0
     assert not o.requires_grad
+    # The authors' form adds eps once per pixel of the 2 x 2 map: 1 / (2 + 4 * 0.25).
+    per_pixel = overlap_ratio(probs, saliency, 0.5, eps=0.25, eps_per_pixel=True)
+    assert per_pixel[0, 0].item() == pytest.approx(1 / 3)
+    assert overlap_ratio(probs, saliency, 0.5, eps=0.25)[0, 0].item() == pytest.approx(1 / 2.25)
 
 
 def test_split_maps_by_overlap_and_labels():

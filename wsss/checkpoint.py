@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 import wsss
-from wsss.config import BackboneConfig, RunConfig, from_dict, to_dict
+from wsss.config import BackboneConfig, ConfigError, RunConfig, from_dict, to_dict
 from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
 from wsss.io import atomic_save
 from wsss.models.backbones import build_backbone, locate_mobilenet_v2_imagenet
 from wsss.models.deeplab import DeepLabV2
+from wsss.models.frozen_bn import FrozenBatchNorm2d
 
 log = logging.getLogger("wsss")
 
@@ -74,11 +75,28 @@ def make_backbone(cfg: BackboneConfig, load_pretrained: bool = True) -> nn.Modul
     if not load_pretrained:
         logger.setLevel(logging.ERROR)  # weights come from the checkpoint: no init warning
     try:
-        return build_backbone(
+        backbone = build_backbone(
             cfg.name, output_stride=cfg.output_stride, pretrained=pretrained, frozen_bn=frozen_bn
         )
     finally:
         logger.setLevel(level)
+    if load_pretrained:
+        freeze_stem(backbone, cfg)
+    return backbone
+
+
+def freeze_stem(backbone: nn.Module, cfg: BackboneConfig) -> None:
+    """Applies ``cfg.freeze_stem`` to a backbone about to be trained. Only a stem that holds
+    ImageNet weights is frozen (its BN is frozen then, see :func:`make_backbone`); a random one
+    is left trainable, with a warning."""
+    if not cfg.freeze_stem:
+        return
+    if not hasattr(backbone, "freeze_stem"):
+        raise ConfigError(f"backbone.freeze_stem applies to resnet38d only, not {cfg.name}")
+    if not any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules()):
+        log.warning("backbone %s: no ImageNet weights, so its stem is trained", cfg.name)
+        return
+    backbone.freeze_stem()
 
 
 def save_checkpoint(

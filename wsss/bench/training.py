@@ -35,6 +35,7 @@ def _batch(ctx, saliency: bool, device) -> dict:
         crop=c.crop,
         resize_long=c.resize_long,
         color_jitter=c.color_jitter,
+        hue_jitter=c.hue_jitter,
         with_saliency=saliency,
     )
     batch = next(iter(DataLoader(dataset, batch_size=len(ids))))

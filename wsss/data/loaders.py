@@ -38,9 +38,17 @@ class ClassificationDataset(Dataset):
         resize_long: tuple[int, int],
         color_jitter: float = 0.0,
         with_saliency: bool = False,
+        hue_jitter: float = 0.0,
+        saliency_resize: str = "nearest",
     ):
+        if saliency_resize not in T.MASK_FILTERS:
+            raise ValueError(
+                f"saliency_resize must be one of {', '.join(T.MASK_FILTERS)}, "
+                f"got {saliency_resize!r}"
+            )
         self.source, self.ids, self.crop = source, ids, crop
         self.resize_long, self.color_jitter = resize_long, color_jitter
+        self.hue_jitter, self.saliency_resize = hue_jitter, saliency_resize
         self.with_saliency = with_saliency
 
     def __len__(self) -> int:
@@ -54,9 +62,11 @@ class ClassificationDataset(Dataset):
             if sample.saliency is None:
                 raise DatasetError(f"{sample.name}: this method needs saliency maps, none found")
             aux = sample.saliency
-        image, aux = T.random_resize_long(sample.image, aux, *self.resize_long, rng)
+        image, aux = T.random_resize_long(
+            sample.image, aux, *self.resize_long, rng, self.saliency_resize
+        )
         image, aux = T.random_hflip(image, aux, rng)
-        image = T.color_jitter(image, self.color_jitter, rng)
+        image = T.color_jitter(image, self.color_jitter, rng, self.hue_jitter)
         if aux is not None:
             aux = aux.copy()
             aux[aux == 255] = 254  # keep 255 free: the crop pads with it, mapped to 0 below

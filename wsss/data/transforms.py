@@ -15,23 +15,34 @@ from wsss.constants import IGNORE_INDEX, IMAGENET_MEAN
 Array = np.ndarray
 
 
-def resize(image: Array, mask: Array | None, size: tuple[int, int]) -> tuple[Array, Array | None]:
-    """Resizes to (height, width)."""
+# PIL filters by name, for a soft map resized with the image (``ClsConfig.saliency_resize``).
+MASK_FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def resize(
+    image: Array, mask: Array | None, size: tuple[int, int], mask_filter: str = "nearest"
+) -> tuple[Array, Array | None]:
+    """Resizes to (height, width); ``mask`` with ``mask_filter`` (labels: nearest)."""
     h, w = size
     image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     if mask is not None:
-        mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+        mask = np.asarray(Image.fromarray(mask).resize((w, h), MASK_FILTERS[mask_filter]))
     return image, mask
 
 
 def random_resize_long(
-    image: Array, mask: Array | None, low: int, high: int, rng: np.random.Generator
+    image: Array,
+    mask: Array | None,
+    low: int,
+    high: int,
+    rng: np.random.Generator,
+    mask_filter: str = "nearest",
 ) -> tuple[Array, Array | None]:
     """Resizes so that the long side is uniform in [low, high] (PSA ``RandomResizeLong``)."""
     target = int(rng.integers(low, high + 1))
     h, w = image.shape[:2]
     s = target / max(h, w)
-    return resize(image, mask, (max(1, round(h * s)), max(1, round(w * s))))
+    return resize(image, mask, (max(1, round(h * s)), max(1, round(w * s))), mask_filter)
 
 
 def random_scale(
@@ -71,14 +82,43 @@ def random_hflip(
     return image, mask
 
 
-def color_jitter(image: Array, strength: float, rng: np.random.Generator) -> Array:
-    """Random brightness, contrast and saturation, each a factor in [1 - s, 1 + s]."""
-    if strength <= 0:
+def color_jitter(
+    image: Array, strength: float, rng: np.random.Generator, hue: float = 0.0
+) -> Array:
+    """Random brightness, contrast and saturation, each a factor in [1 - s, 1 + s], then (when
+    ``hue`` > 0) a hue shift by a fraction of the colour circle in [-hue, hue] (torchvision
+    ``ColorJitter(s, s, s, hue)``, its order fixed). uint8 [H, W, 3] -> uint8 [H, W, 3].
+
+    The random draws of ``hue`` come after the other three, so ``hue = 0`` consumes the same
+    numbers as before the option existed.
+    """
+    if strength <= 0 and hue <= 0:
         return image
     x = image.astype(np.float32)
-    b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
-    x = x * b
-    x = (x - x.mean()) * c + x.mean()
-    grey = x.mean(axis=2, keepdims=True)
-    x = (x - grey) * s + grey
-    return np.clip(x, 0, 255).astype(np.uint8)
+    if strength > 0:
+        b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
+        x = x * b
+        x = (x - x.mean()) * c + x.mean()
+        grey = x.mean(axis=2, keepdims=True)
+        x = (x - grey) * s + grey
+    x = np.clip(x, 0, 255)
+    if hue > 0:
+        x = shift_hue(x / 255.0, rng.uniform(-hue, hue)) * 255.0
+    return np.clip(np.rint(x) if hue > 0 else x, 0, 255).astype(np.uint8)
+
+
+def shift_hue(rgb: Array, shift: float) -> Array:
+    """Rotates the hue of float RGB [H, W, 3] in [0, 1] by ``shift`` turns (HSV, as
+    torchvision's ``adjust_hue``); saturation and value are kept."""
+    top, low = rgb.max(axis=2), rgb.min(axis=2)
+    chroma = top - low
+    safe = np.where(chroma > 0, chroma, 1.0)
+    r, g, b = (rgb[..., i] for i in range(3))
+    other = np.where(top == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
+    h = np.where(top == r, ((g - b) / safe) % 6.0, other)
+    h = np.where(chroma > 0, h / 6.0, 0.0)
+    h = (h + shift) % 1.0
+    # HSV -> RGB with v = top and s * v = chroma
+    k = (np.array([5.0, 3.0, 1.0]) + h[..., None] * 6.0) % 6.0
+    weight = np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    return top[..., None] - chroma[..., None] * weight

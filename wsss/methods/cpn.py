@@ -374,7 +374,8 @@ class CPN(Method):
         if preset != "paper":
             return
         c = run_config.cls
-        c.backbone = BackboneConfig("resnet38d", 8, "none", True)  # ResNet-38, OS 8 (Sec. 4.1)
+        # ResNet-38, OS 8 (Sec. 4.1); the code freezes conv1a, b2, b2_1, b2_2 (SEAM's stem).
+        c.backbone = BackboneConfig("resnet38d", 8, "none", True, freeze_stem=True)
         # lr 0.01, poly 0.9, wd 5e-4; new layers 10x (their biases 20x in code: none have bias).
         # Momentum: the paper says 0.9, but the code's PolyOptimizer passes wd into SGD's
         # momentum slot (momentum = 5e-4), which produced the published numbers: code kept.

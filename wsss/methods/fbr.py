@@ -274,7 +274,8 @@ class FBR(Method):
         if preset != "paper":
             return
         c = run_config.cls
-        c.backbone = BackboneConfig("resnet38d", 8, "none", True)  # PPC/SEAM host (spec 4.1)
+        # PPC/SEAM host (spec 4.1), its stem frozen as in the PPC (EPS) code.
+        c.backbone = BackboneConfig("resnet38d", 8, "none", True, freeze_stem=True)
         # PSA PolyOptimizer (appendix): lr 0.01, new layers x10, wd 5e-4, poly 0.9, and SGD
         # momentum = wd (PSA's slip, kept for parity). PSA's 2x/20x bias rates are not modelled.
         c.optim = OptimConfig(

@@ -37,7 +37,6 @@ from wsss.methods.cam import classification_loss
 from wsss.methods.handover import HandOverGate, in_warmup
 from wsss.methods.ktse_net import KTSENet
 from wsss.models.backbones.resnet38d import ResNet38d
-from wsss.models.frozen_bn import FrozenBatchNorm2d
 from wsss.refine.par import PARParams, pixel_adaptive_refine
 
 LOSS_NAMES = ("cls", "kt", "ce_bg", "ce_fg", "inter", "ce_stack", "global", "local")
@@ -57,9 +56,6 @@ class KTSEConfig:
     # steps a short run cannot bring the present ones back (default preset, measured).
     score: str = "gpp"
     resnet38_dropout: float = 0.2  # Dropout2d in b6 and b7 of ResNet-38 [C]; PSA/SEAM use 0.3/0.5
-    # conv1a, b2, b2_1, b2_2 frozen [C] (ResNet-38 only, and only when its BN is frozen, i.e.
-    # ImageNet weights were loaded: freezing a random stem would be meaningless).
-    freeze_stem: bool = True
     # min-max normalisation of the CAMs inside training (erase mask, inter-loss mask) [C
     # max_norm]; "max" = Eq. 1, ReLU(F) / max(F) [P]. Spec 7 #19.
     train_norm: str = "minmax"
@@ -444,14 +440,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def configure_resnet38(backbone: ResNet38d, dropout: float, freeze_stem: bool) -> None:
-    """KTSE's ResNet-38 settings: Dropout2d p in b6/b7, and (with frozen BN) a frozen stem."""
+def configure_resnet38(backbone: ResNet38d, dropout: float) -> None:
+    """KTSE's ResNet-38 dropout: Dropout2d p in b6/b7 (its frozen stem: ``backbone.freeze_stem``,
+    set by the `paper` preset)."""
     for block in (backbone.b6, backbone.b7):
         block.dropout_2b1.p = block.dropout_2b2.p = dropout
-    pretrained = any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
-    if freeze_stem and pretrained:
-        for module in (backbone.conv1a, backbone.b2, backbone.b2_1, backbone.b2_2):
-            module.requires_grad_(False)
 
 
 class KTSE(Method):
@@ -462,7 +455,7 @@ class KTSE(Method):
     def build_model(self, backbone: nn.Module, num_classes: int) -> KTSENet:
         cfg = self.config
         if isinstance(backbone, ResNet38d):
-            configure_resnet38(backbone, cfg.resnet38_dropout, cfg.freeze_stem)
+            configure_resnet38(backbone, cfg.resnet38_dropout)
         return KTSENet(backbone, num_classes, cfg.head_dim, tuple(cfg.gpp_scales), cfg.score)
 
     def __init__(self, config):
@@ -653,6 +646,7 @@ def _paper_preset(run: RunConfig) -> None:
     """
     c = run.cls
     c.backbone.name, c.backbone.output_stride, c.backbone.frozen_bn = "resnet38d", 8, True
+    c.backbone.freeze_stem = True  # [C] conv1a, b2, b2_1, b2_2 not trained
     # lr 0.01 poly 0.9 [P]; wd 5e-4 [C]; from_scratch_layers = [] so fc8/fc9/GPP train at 1x
     # [C]; PSA PolyOptimizer momentum slip (momentum = wd) [C] (legacy_psa_momentum=False for
     # a clean momentum 0.9, spec 7 #12).
@@ -661,7 +655,7 @@ def _paper_preset(run: RunConfig) -> None:
     )
     c.epochs, c.batch_size = 40, 16  # [C] 40 epochs; batch 8 -> 16 at epoch 10, see (a)
     c.crop, c.resize_long = 320, (256, 512)  # [C] crop 320, long side uniform in [256, 512]
-    c.color_jitter = 0.0  # [C] colour jitter present in the code but disabled
+    c.color_jitter = c.hue_jitter = 0.0  # [C] colour jitter present in the code but disabled
     c.seed = 5137  # [C]
     cam = run.cam
     cam.scales, cam.flip, cam.normalize = (0.5, 1.0, 1.5, 2.0), True, "max"  # [C] infer

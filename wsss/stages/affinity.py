@@ -24,7 +24,13 @@ from torch.utils.data import Dataset
 
 from wsss import distributed
 from wsss.cam import sweep_labels
-from wsss.checkpoint import CheckpointError, code_version, load_classifier, make_backbone
+from wsss.checkpoint import (
+    CheckpointError,
+    code_version,
+    freeze_stem,
+    load_classifier,
+    make_backbone,
+)
 from wsss.config import AffinityConfig, BackboneConfig, ConfigError, crf_params, from_dict, to_dict
 from wsss.constants import IMAGENET_MEAN, IMAGENET_STD
 from wsss.data import transforms as T
@@ -80,10 +86,11 @@ class AffinityDataset(Dataset):
         stride: int,
         num_labels: int,
         color_jitter: float = 0.0,
+        hue_jitter: float = 0.0,
     ):
         self.source, self.ids, self.label_dir = source, ids, label_dir
         self.crop, self.stride, self.num_labels = crop, stride, num_labels
-        self.color_jitter = color_jitter
+        self.color_jitter, self.hue_jitter = color_jitter, hue_jitter
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,7 +100,7 @@ class AffinityDataset(Dataset):
         with np.load(self.label_dir / f"{sample.name}.npz") as data:
             la, ha = data["la"], data["ha"]
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
-        image = T.color_jitter(sample.image, self.color_jitter, rng)
+        image = T.color_jitter(sample.image, self.color_jitter, rng, self.hue_jitter)
         image, (la, ha) = _same_crop_and_flip(image, (la, ha), self.crop, rng)
         blocks = block_labels(torch.from_numpy(np.stack([la, ha])), self.stride, self.num_labels)
         return {
@@ -142,6 +149,7 @@ def build_affinity_net(ctx: Context) -> tuple[AffinityNet, BackboneConfig]:
         classifier, meta = load_classifier(ctx.path("classifier.pt"))
         backbone_cfg = from_dict(BackboneConfig, meta["backbone"])
         backbone, normalize = classifier.backbone, classifier.normalize
+        freeze_stem(backbone, backbone_cfg)  # psa train_aff.py: the ImageNet stem stays fixed
     elif a.init == "imagenet":
         backbone_cfg = ctx.cfg.cls.backbone
         backbone = make_backbone(backbone_cfg)
@@ -225,6 +233,7 @@ def run(ctx: Context) -> dict:
         stride=model.stride,
         num_labels=len(ctx.class_names),
         color_jitter=a.color_jitter,
+        hue_jitter=a.hue_jitter,
     )
     state = ctx.path(".affinity.state.pt")
     losses = train(

@@ -103,6 +103,8 @@ def run(ctx: Context) -> dict:
         resize_long=cfg.resize_long,
         color_jitter=cfg.color_jitter,
         with_saliency=ctx.method.uses_saliency,
+        hue_jitter=cfg.hue_jitter,
+        saliency_resize=cfg.saliency_resize,
     )
     state = ctx.path(".cls.state.pt")
     monitor = HealthLog(ctx, fresh=not state.exists()) if distributed.is_main() else None

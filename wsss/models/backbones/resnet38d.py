@@ -109,6 +109,13 @@ class ResNet38d(Backbone):
     """
 
     classifier_prefixes = ("fc8.", "linear1000")
+    # psa's ``not_training``: the ImageNet stem that PSA, SEAM, EPS, CPN and KTSE never train.
+    stem_names = ("conv1a", "b2", "b2_1", "b2_2")
+
+    def freeze_stem(self) -> None:
+        """Stops gradients to conv1a, b2, b2_1 and b2_2 (the optimiser then leaves them out)."""
+        for name in self.stem_names:
+            getattr(self, name).requires_grad_(False)
 
     def __init__(self, output_stride: int = 8) -> None:
         super().__init__()
