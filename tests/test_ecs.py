@@ -223,7 +223,8 @@ def test_losses_warmup_and_cam_contract():
     batch = {"image": torch.rand(2, 3, 32, 32) * 255, "labels": torch.tensor([[1.0, 0, 1]] * 2)}
     late = method.losses(net, batch, StepInfo(0, 500, 1000))
     early = method.losses(net, batch, StepInfo(0, 0, 1000))
-    assert set(late) == {"cls", "ce", "_cls"} and all(torch.isfinite(v) for v in late.values())
+    assert set(late) == {"cls", "ce", "_cls", "_erased", "_reliable", "_score_drop"}
+    assert all(torch.isfinite(v) for v in late.values())
     for key in ("cls", "ce"):
         assert early[key].item() == pytest.approx(0.2 * late[key].item(), rel=1e-5)
     # The health diagnostic: F's own classification loss, unscaled, detached.
@@ -260,3 +261,19 @@ def test_smoke_end_to_end(tmp_path, cache_dir):
     assert isinstance(model, ECSNet) and meta["method"] == "ecs"
     cams = model.cam(torch.rand(1, 3, 64, 64) * 255)
     assert cams.shape[1] == len(meta["class_names"]) - 1
+
+
+def test_erasing_diagnostics_on_a_hand_case():
+    from wsss.constants import IGNORE_INDEX
+    from wsss.methods.ecs import erasing_diagnostics
+
+    logits = torch.tensor([[2.0, 1.0], [0.5, 3.0]])
+    erased = torch.tensor([[1.0, 5.0], [0.5, 2.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # present: (0, 0) drops 1, (1, 1) drops 1
+    region = torch.tensor([[[True, False], [False, False]], [[True, True], [False, False]]])
+    target = torch.full((2, 2, 2), IGNORE_INDEX)
+    target[0, 1, 1] = 1
+    d = erasing_diagnostics(logits, erased, labels, region, target)
+    assert d["_erased"].item() == pytest.approx(3 / 8)
+    assert d["_reliable"].item() == pytest.approx(1 / 8)
+    assert d["_score_drop"].item() == pytest.approx(1.0)  # the absent class's +4 is not counted

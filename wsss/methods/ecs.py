@@ -368,6 +368,28 @@ def erased_cam_ce_loss(
 # Method
 
 
+@torch.no_grad()
+def erasing_diagnostics(
+    logits: torch.Tensor,
+    erased_logits: torch.Tensor,
+    labels: torch.Tensor,
+    region: torch.Tensor,
+    target: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """How strong the erasing is (logged, not trained): the share of pixels in R
+    ("_erased"), of pixels with a reliable label Phi ("_reliable"), and the mean drop of the
+    present classes' scores from F to F' ("_score_drop", logits; F' adds the Eq. 8 overlay).
+
+    logits, erased_logits [B, C]; labels [B, C]; region bool [B, H, W]; target [B, H, W].
+    """
+    present = labels.sum().clamp(min=1)
+    return {
+        "_erased": region.float().mean(),
+        "_reliable": (target != IGNORE_INDEX).float().mean(),
+        "_score_drop": ((logits - erased_logits) * labels).sum() / present,
+    }
+
+
 class ECS(Method):
     name = "ecs"
     summary = "ECS-Net (ICCV'21): erase high-CAM regions, supervise with the erased image's CAM"
@@ -418,6 +440,7 @@ class ECS(Method):
             "cls": scale * cfg.cls_weight * cls,
             "ce": scale * cfg.ce_weight * ce,
             "_cls": classification_loss(small["logits"], labels).detach(),  # health: H on x
+            **erasing_diagnostics(small["logits"], erased["logits"], labels, out["region"], target),
         }
 
     def apply_preset(self, preset: str, run_config) -> None:
