@@ -86,6 +86,8 @@ def test_paper_preset_keeps_the_papers_constants():
     )
     assert config("cam", "default").cls.hue_jitter == 0  # class colours 13 degrees apart
     assert config("cam", "paper").affinity.optim.legacy_psa_momentum
+    assert config("cam", "paper").affinity.init == "imagenet"
+    assert config("cam", "default").affinity.init == "classifier"
     for method in ("cam", "ktse", "fbr", "cpn", "ecs", "eps"):  # psa's not_training stem
         assert config(method, "paper").cls.backbone.freeze_stem
         assert not config(method, "default").cls.backbone.freeze_stem

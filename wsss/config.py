@@ -335,6 +335,7 @@ def _paper(cfg: RunConfig) -> None:
     a.optim = OptimConfig(lr=0.01, head_lr_mult=10.0, weight_decay=5e-4, legacy_psa_momentum=True)
     a.epochs, a.batch_size, a.crop = 8, 8, 448
     a.hue_jitter = 0.1
+    a.init = "imagenet"  # psa/SEAM train_aff.py --weights: ImageNet, not the classifier
 
 
 # The presets that run the built-in benchmark (methods adapt their constants to it alike).
