@@ -265,7 +265,7 @@ class FBR(Method):
             # that phase. Measured, three seeds (docs/benchmark.md): seeds 39.5 +- 9.4 -> 46.8
             # +- 1.9, CRF masks 50.5 +- 21.8 -> 64.2 +- 2.8, every seed healthy.
             run_config.cls.score_bias = True
-            # That host's GT-assisted curve peaks above the shared 0.5 in every seed, FBR's
+            # With the bias the GT-assisted curve peaks above the shared 0.5 in every seed, FBR's
             # (0.62 / 0.61 / 0.61; seeds 48.6 / 47.1 / 44.9 at 0.5, 51.0 / 48.7 / 46.5 at the
             # best) as the baseline's with the bias (0.62 / 0.63 / 0.62): maps whose background
             # no longer has to sit below zero. Read off seed 0, rounded to 0.05, as the shared
