@@ -334,7 +334,7 @@ def _paper(cfg: RunConfig) -> None:
     # SEAM train_aff.py's PolyOptimizer: weight decay in SGD's momentum slot (no momentum).
     a.optim = OptimConfig(lr=0.01, head_lr_mult=10.0, weight_decay=5e-4, legacy_psa_momentum=True)
     a.epochs, a.batch_size, a.crop = 8, 8, 448
-    a.hue_jitter = 0.1
+    a.hue_jitter = c.hue_jitter  # psa train_aff.py: the same ColorJitter
     a.init = "imagenet"  # psa/SEAM train_aff.py --weights: ImageNet, not the classifier
 
 

@@ -101,10 +101,9 @@ def color_jitter(
         x = (x - x.mean()) * c + x.mean()
         grey = x.mean(axis=2, keepdims=True)
         x = (x - grey) * s + grey
-    x = np.clip(x, 0, 255)
     if hue > 0:
-        x = shift_hue(x / 255.0, rng.uniform(-hue, hue)) * 255.0
-    return np.clip(np.rint(x) if hue > 0 else x, 0, 255).astype(np.uint8)
+        x = np.rint(shift_hue(np.clip(x, 0, 255) / 255.0, rng.uniform(-hue, hue)) * 255.0)
+    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def shift_hue(rgb: Array, shift: float) -> Array:
