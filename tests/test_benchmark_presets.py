@@ -28,8 +28,16 @@ def test_benchmark_presets_adapt_each_method(preset):
         "bg_margin",
     )
     fbr = config("fbr", preset).method
-    assert (fbr.bg_score, fbr.query_threshold) == (0.4, 0.6)
-    assert config("fbr", preset).cls.score_bias  # FBR's start-up phase (seed 2)
+    # FBR on the EPS host: EPS's own benchmark settings, its contrast labels' thresholds moved
+    # with EPS's seed threshold (0.35 -+ 0.1), GAP as EPS scores, no score bias.
+    assert (fbr.host, fbr.pooling, fbr.eps, fbr.bg_score, fbr.query_threshold) == (
+        "eps",
+        "gap",
+        eps,
+        0.25,
+        0.45,
+    )
+    assert not config("fbr", preset).cls.score_bias
     assert not config("cam", preset).cls.score_bias  # the baseline stays the papers' classifier
     cpn = config("cpn", preset).method
     assert (cpn.strategy, cpn.grid_fractions, cpn.cam_dropout) == ("grid", (0.25, 0.5), 0.0)
@@ -47,9 +55,8 @@ def test_seed_threshold_is_shared_unless_a_method_reads_off_its_own(preset):
     }
     for method in ("cam", "ktse", "cpn", "ecs"):
         assert thresholds[method] == (0.5, 0.6, 0.4)
-    # EPS's map is class against its learned background; FBR's covers more of the bodies.
-    assert thresholds["eps"] == (0.35, 0.45, 0.25)
-    assert thresholds["fbr"] == (0.6, 0.7, 0.5)
+    # EPS's map is class against its learned background; FBR reads its EPS host's map.
+    assert thresholds["eps"] == thresholds["fbr"] == (0.35, 0.45, 0.25)
 
 
 def test_paper_preset_keeps_the_papers_constants():

@@ -208,3 +208,16 @@ def test_smoke_end_to_end(tmp_path, cache_dir):
     n_fg = len(meta["class_names"]) - 1
     assert isinstance(model, EPSNet) and model.classifier.out_channels == n_fg + 1
     assert model.cam(torch.rand(1, 3, 64, 64) * 255).shape[1] == n_fg
+
+
+def test_foreground_maps_read_modes_on_a_hand_case():
+    from wsss.methods.eps import foreground_maps
+
+    maps = torch.tensor([1.0, 0.0, 2.0]).view(1, 3, 1, 1)  # two classes, background last
+    soft = torch.softmax(torch.tensor([1.0, 0.0, 2.0]), dim=0)[:2]
+    assert torch.allclose(foreground_maps(maps, "softmax").flatten(), soft)
+    assert torch.equal(foreground_maps(maps, "relu").flatten(), torch.tensor([1.0, 0.0]))
+    margin = torch.sigmoid(torch.tensor([-1.0, -2.0]))
+    assert torch.allclose(foreground_maps(maps, "bg_margin").flatten(), margin)
+    with pytest.raises(ValueError):
+        foreground_maps(maps, "max")

@@ -358,19 +358,85 @@ def test_presets():
     assert smoke.method.bank_size == 4096
 
 
-def test_smoke_end_to_end(tmp_path, cache_dir):
+@pytest.mark.parametrize("host, supervision", [("cam", "I"), ("eps", "I+S")])
+def test_smoke_end_to_end(tmp_path, cache_dir, host, supervision):
     from wsss.checkpoint import load_classifier
     from wsss.cli import main
 
     out = tmp_path / "run"
-    assert main(["fbr", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
+    args = [
+        "fbr",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        f"method.host={host}",
+    ]
+    assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     for key in ("method", "seed_miou", "pseudo_miou", "seg_miou"):
         assert key in report
-    assert report["method"] == "fbr"
+    assert report["method"] == "fbr" and report["supervision"] == supervision
     assert (out / "classifier.pt").is_file() and (out / "deeplab.pt").is_file()
     model, meta = load_classifier(out / "classifier.pt")
     assert isinstance(model, FBRNet) and meta["method"] == "fbr"
     assert len(model.bank) > 0  # the NROI bank travels in the checkpoint
     cams = model.cam(torch.rand(1, 3, 64, 64) * 255)
     assert cams.shape[1] == len(meta["class_names"]) - 1
+
+
+# --- the EPS host (I+S) ----------------------------------------------------------------------
+
+
+def test_eps_host_network_has_a_background_map_and_reads_classes_against_it():
+    net = stub_net(host_cam_mode="bg_margin").eval()
+    x = torch.rand(2, 3, 16, 16) * 255
+    out = net(x)
+    maps = out["cams_all"]
+    assert maps.shape == (2, 4, 4, 4) and torch.equal(out["cams"], maps[:, :3])
+    # TAP scores use the three class rows only; the background row is not a class score.
+    w = net.classifier.weight[:3].flatten(1)
+    assert torch.allclose(out["logits"], thresholded_average_pool(out["features"], 0.1) @ w.t())
+    assert torch.allclose(net.cam(x), torch.sigmoid(maps[:, :3] - maps[:, 3:]), atol=1e-6)
+    assert "cams_all" not in stub_net()(x)  # the plain host keeps C maps
+
+
+def test_label_source_replaces_the_raw_cam_for_labels_and_background():
+    out, labels = _fake_outputs()
+    source = torch.zeros_like(out["cams"])
+    source[:, :, :3] = 1.0  # the host map: every present class on the top half only
+    terms = fbr_terms(out, labels, NROIBank(64, 8), _small_cfg(), label_source=source)
+    # L_seg's target is background exactly on the bottom half: BCE against that hand target.
+    target = torch.zeros(2, 1, 6, 6)
+    target[:, :, 3:] = 1.0
+    expected = F.binary_cross_entropy_with_logits(out["bg_logits"], target)
+    assert torch.allclose(terms["bg_seg"], expected)
+    raw = fbr_terms(out, labels, NROIBank(64, 8), _small_cfg())
+    assert not torch.allclose(raw["bg_seg"], expected)
+
+
+def test_eps_host_losses_take_the_saliency_and_label_from_the_host_map():
+    from wsss.methods.base import StepInfo
+    from wsss.methods.eps import EPSConfig, foreground_maps
+
+    eps = EPSConfig(cam_mode="bg_margin", warmup_fraction=0.0, sal_weight=5.0)
+    method = FBR(_small_cfg(bank_size=32, host="eps", eps=eps))
+    assert method.uses_saliency and not FBR(_small_cfg()).uses_saliency
+    net = method.build_model(StubBackbone(), 3).train()
+    assert net.classifier.out_channels == 4
+    batch = {
+        "image": torch.rand(2, 3, 24, 24) * 255,
+        "labels": torch.tensor([[1.0, 1, 0], [0, 1, 1]]),
+        "saliency": torch.rand(2, 1, 24, 24),
+    }
+    terms = method.losses(net, batch, StepInfo(epoch=0, step=5, max_step=10))
+    assert {"cls", "sal", "fb", "if", "bg_seg"} <= set(terms)
+    assert terms["sal"].item() > 0
+    sum(v for k, v in terms.items() if not k.startswith("_")).backward()
+    assert net.classifier.weight.grad[3].abs().sum() > 0  # L_sal trains the background row
+    maps = net(batch["image"])["cams_all"]
+    assert torch.allclose(net.host_maps(maps), foreground_maps(maps, "bg_margin"))
+    with pytest.raises(ValueError, match="unknown host"):
+        FBR(FBRConfig(host="seam")).build_model(StubBackbone(), 3)

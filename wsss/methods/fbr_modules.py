@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsss.methods.eps import foreground_maps
 from wsss.models.cam_net import CamNet
 
 
@@ -144,6 +145,9 @@ class FBRNet(CamNet):
     - BG predictor psi: BN(D) -> ReLU -> Dropout -> 1x1 conv D->1 (no bias) on the pre-ReLU
       ``proj_bg(f)`` (Eq. 6; BN trained normally: backbone BN freezing does not reach it).
     - scores: TAP (Eq. 11) of f, then the classifier; ``cams`` stay ``classifier(f)``.
+    - ``host_cam_mode`` None: a plain CAM host (C maps). Otherwise EPS's host (the paper's I+S
+      setting, PPC = EPS + ...): C + 1 maps, background last, "cams_all" in the output, and
+      ``cam`` / ``host_maps`` read the classes out as EPS does (``eps.foreground_maps``).
     """
 
     def __init__(
@@ -154,10 +158,15 @@ class FBRNet(CamNet):
         bank_size: int = 50_000,
         tap_threshold: float | None = 0.1,
         bg_dropout: float = 0.5,
+        host_cam_mode: str | None = None,
     ):
         super().__init__(backbone, num_classes)
         channels = backbone.out_channels
         self.tap_threshold = tap_threshold
+        self.host_cam_mode = host_cam_mode
+        if host_cam_mode is not None:  # EPS host: C + 1 maps, background last
+            self.classifier = nn.Conv2d(channels, num_classes + 1, 1, bias=False)
+            nn.init.xavier_uniform_(self.classifier.weight)
         self.proj_fg = nn.Conv2d(channels, proj_dim, 1, bias=False)
         self.proj_bg = nn.Conv2d(channels, proj_dim, 1, bias=False)
         self.bg_bn = nn.BatchNorm2d(proj_dim)
@@ -174,19 +183,22 @@ class FBRNet(CamNet):
         if self.tap_threshold is None:
             return cams.mean(dim=(2, 3))
         pooled = thresholded_average_pool(f, self.tap_threshold)
-        return F.linear(pooled, self.classifier.weight.flatten(1))
+        return F.linear(pooled, self.classifier.weight[: self.num_classes].flatten(1))
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """CamNet's keys ("logits" [B, C] from TAP) plus the training-only maps:
 
         "z_fg", "z_bg" (post-ReLU) and "bg_hidden" = ReLU(BN(proj_bg f)) [B, D, h, w];
-        "bg_logits" (psi) [B, 1, h, w].
+        "bg_logits" (psi) [B, 1, h, w]; with the EPS host also "cams_all" [B, C+1, h, w].
         """
         f = self.features(x)[-1]
-        cams = self.classifier(f)
+        maps = self.classifier(f)
+        cams = maps[:, : self.num_classes]
         bg_pre = self.proj_bg(f)
         bg_hidden = torch.relu(self.bg_bn(bg_pre))
+        host = {} if self.host_cam_mode is None else {"cams_all": maps}
         return {
+            **host,
             "logits": self.biased(self.scores(f, cams)),
             "cams": cams,
             "features": f,
@@ -196,9 +208,17 @@ class FBRNet(CamNet):
             "bg_logits": self.bg_classifier(self.bg_dropout(bg_hidden)),
         }
 
+    def host_maps(self, maps: Tensor) -> Tensor:
+        """The host's class maps [B, C, h, w] >= 0 from the classifier's output: ReLU(CAM), or
+        EPS's read-out of its C + 1 maps."""
+        if self.host_cam_mode is None:
+            return torch.relu(maps)
+        return foreground_maps(maps, self.host_cam_mode)
+
     def cam(self, x: Tensor) -> Tensor:
-        """ReLU'd foreground CAMs [B, C, h, w]; the FBR heads are not run (no inference cost)."""
-        return torch.relu(self.classifier(self.features(x)[-1]))
+        """The host's foreground maps [B, C, h, w]; the FBR heads are not run (no inference
+        cost)."""
+        return self.host_maps(self.classifier(self.features(x)[-1]))
 
     def head_modules(self) -> list[nn.Module]:
         return [self.classifier, self.proj_fg, self.proj_bg, self.bg_bn, self.bg_classifier]
