@@ -222,7 +222,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 class FBR(Method):
     name = "fbr"
-    summary = "FBR (TCSVT'24): NROI fore-to-background + active intra-FG contrast on TAP CAM"
+    summary = "FBR (TCSVT'24): NROI fore-to-background + active intra-FG contrast (CAM or EPS host)"
     Config = FBRConfig
 
     @property
