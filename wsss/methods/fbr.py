@@ -314,8 +314,8 @@ def benchmark_host(m: FBRConfig, run_config) -> None:
     # GAP 74.7 on PPC).
     eps_benchmark_preset(m.eps, run_config)
     m.pooling = "gap"
-    # The contrast labels' thresholds on the normalised host map move with the seed threshold,
-    # as they did for the plain host (0.5 -> background score 0.4, query ceiling 0.6): the
-    # paper's 0.10 / 0.4 were set for sharp, PCM-refined VOC CAMs read at ~0.15-0.26.
-    threshold = run_config.cam.bg_threshold
-    m.bg_score, m.query_threshold = round(threshold - 0.1, 2), round(threshold + 0.1, 2)
+    # The contrast labels' thresholds on the normalised host map are the pseudo masks' band
+    # around the seed threshold (config.set_bg_threshold), as they were for the plain host (0.5
+    # -> background score 0.4, query ceiling 0.6): the paper's 0.10 / 0.4 were set for sharp,
+    # PCM-refined VOC CAMs read at ~0.15-0.26.
+    m.bg_score, m.query_threshold = run_config.pseudo.conf_bg, run_config.pseudo.conf_fg
