@@ -14,6 +14,13 @@ def test_overrides_parse_types():
     assert cfg.cls.backbone.name == "resnet50"
 
 
+@pytest.mark.parametrize("written", ["0.125,0.25", "(0.125, 0.25)", "[0.125,0.25]"])
+def test_tuple_overrides_accept_brackets(written):
+    cfg = RunConfig()
+    apply_overrides(cfg, [f"cam.scales={written}"])
+    assert cfg.cam.scales == (0.125, 0.25)
+
+
 @pytest.mark.parametrize(
     "item, message",
     [("cls.nope=1", "unknown config key 'cls.nope'"), ("cls.epochs=two", "expected int"),

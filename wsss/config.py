@@ -369,7 +369,7 @@ def _convert(value: str, annotation: Any, key: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(value, inner, key)
     if origin is tuple:
-        parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+        parts = [p for p in value.strip("()[] ").split(",") if p.strip()]
         item_type = args[0]
         return tuple(_convert(p.strip(), item_type, key) for p in parts)
     try:
