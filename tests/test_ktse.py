@@ -12,14 +12,11 @@ from wsss.cli import main
 from wsss.config import RunConfig
 from wsss.methods import StepInfo, get_method
 from wsss.methods.handover import present_positive_fraction
-from wsss.methods.ktse import (
-    KTSE,
-    LOSS_NAMES,
-    KTSEConfig,
+from wsss.methods.ktse import KTSE, LOSS_NAMES, KTSEConfig, in_warmup
+from wsss.methods.ktse_losses import (
     erase_images,
     erase_masks,
     global_alignment_loss,
-    in_warmup,
     inter_class_loss,
     knowledge_transfer_loss,
     local_alignment_loss,
