@@ -40,7 +40,8 @@ def test_benchmark_presets_adapt_each_method(preset):
     assert not config("fbr", preset).cls.score_bias
     assert not config("cam", preset).cls.score_bias  # the baseline stays the papers' classifier
     cpn = config("cpn", preset).method
-    assert (cpn.strategy, cpn.grid_fractions, cpn.cam_dropout) == ("grid", (0.25, 0.5), 0.0)
+    # the paper's superpixels at the paper's size in pixels: S_N 200 at 448 px -> 16 at 128 px
+    assert (cpn.strategy, cpn.n_segments, cpn.cam_dropout) == ("superpixel", 16, 0.0)
     assert not cpn.infer_refined
     assert cpn.w_cls == 3.0  # the triplet's mean L_cls made a sum (160 steps, not 21,160)
     assert (cpn.warmup_fraction, cpn.handover_cam_positive) == (0.25, 0.9)  # baseline first

@@ -23,6 +23,7 @@ from wsss.methods.cpn import (
     min_pool_loss,
     normalize_maps,
     ohem_mean,
+    superpixel_count,
     tcp_loss,
     with_background,
 )
@@ -485,3 +486,11 @@ def test_cpn_smoke_end_to_end(tmp_path, cache_dir):
     assert isinstance(model, CPNNet) and meta["method"] == "cpn"
     cams = model.cam(torch.rand(1, 3, 64, 64) * 255)
     assert cams.shape[:2] == (1, len(meta["class_names"]) - 1)
+
+
+def test_superpixel_count_keeps_the_papers_segment_size_in_pixels():
+    assert superpixel_count(200, 448) == 200  # the paper's S_N at its crop
+    assert superpixel_count(200, 128) == 16  # ~32 px a segment either way (448^2 / 200 ~ 32^2)
+    side_paper, side_here = (448**2 / 200) ** 0.5, (128**2 / superpixel_count(200, 128)) ** 0.5
+    assert abs(side_paper - side_here) < 1.0
+    assert superpixel_count(200, 16) == 2  # never fewer than a complementary pair needs
