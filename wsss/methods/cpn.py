@@ -359,8 +359,8 @@ class CPN(Method):
             # network (measured before the two items below, seed 0: seeds 25.3, CRF masks
             # 19.2, against a 4 / 8-cell grid's 38.2 / 43.7). S_N scales with the crop's area:
             # 16 segments at 128 px. Measured with every item below, three seeds: seeds
-            # 46.1 +- 2.4 -> 47.4 +- 1.8 (better in each seed), CRF masks 63.2 +- 5.0 ->
-            # 63.7 +- 4.1, against that grid (1/4 and 1/2 of the crop).
+            # 46.1 +- 2.4 -> 47.4 +- 1.8 (better in each seed), CRF masks 63.1 +- 5.0 ->
+            # 63.6 +- 4.1, against that grid (1/4 and 1/2 of the crop).
             cfg.strategy = "superpixel"
             cfg.n_segments = superpixel_count(cfg.n_segments, run_config.cls.crop)
             # L_cls is the mean over the triplet, so the original image carries 1/3 of it: with
