@@ -38,6 +38,7 @@ from wsss.models.pcm import (
 )
 
 EPS = 1e-5  # the reference code's epsilon in max_norm
+PAPER_CROP = 448  # the paper's training crop side (Sec. 4.1), px
 
 
 @dataclass
@@ -268,7 +269,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def superpixel_count(n_segments: int, crop: int, reference: int = 448) -> int:
+def superpixel_count(n_segments: int, crop: int, reference: int = PAPER_CROP) -> int:
     """S_N for a ``crop`` px crop that keeps the superpixels of S_N segments on a ``reference``
     px crop (the paper's 448) at the same size in pixels: S_N (crop / reference)^2, at least 2."""
     return max(2, round(n_segments * (crop / reference) ** 2))
@@ -390,7 +391,7 @@ class CPN(Method):
         c.optim = OptimConfig(
             lr=0.01, head_lr_mult=10.0, weight_decay=5e-4, poly_power=0.9, legacy_psa_momentum=True
         )
-        c.epochs, c.batch_size, c.crop = 8, 4, 448  # batch 4 x 3 branches, 8 epochs (Sec. 4.1)
+        c.epochs, c.batch_size, c.crop = 8, 4, PAPER_CROP  # batch 4 x 3 branches, 8 epochs
         c.resize_long, c.color_jitter = (448, 768), 0.3  # code: RandomResizeLong, ColorJitter 0.3
         cam = run_config.cam
         cam.scales, cam.flip = (0.5, 1.0, 1.5, 2.0), True  # Table 1 "all"
