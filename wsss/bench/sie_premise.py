@@ -122,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (train/run.py --out)")
     parser.add_argument("--seed", type=int, default=0, help="partner sampling seed (default 0)")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     for run in args.runs:
         if not (run / "classifier.pt").is_file():
             print(
