@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.methods.ktse_losses import stack_pair
+
 
 def pick_partners(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """labels bool [N, C] -> partner index [N]: another image sharing a random present class of
@@ -50,7 +52,7 @@ def anchor_vs_single(
     image maximum: mass and peak ratios (anchor half / single), the share of cells above half the
     single peak in each, and |anchor half - single| per row [h] over the single map's mean."""
     single = F.relu(model(anchor)["cams"])[0]
-    stacked = F.relu(model(torch.cat([anchor, partner], dim=2))["cams"])[0]
+    stacked = F.relu(model(stack_pair(anchor, partner, "height"))["cams"])[0]
     half = stacked[:, : single.shape[1]]
     out = []
     for k in present:
