@@ -309,9 +309,9 @@ def benchmark_host(m: FBRConfig, run_config) -> None:
     """
     m.host = "eps"
     # The host is EPS exactly as the benchmark's EPS row trains it (its warm-up, relative
-    # binarisation, L_sal weight 5, class-against-background read-out, threshold 0.30), so that
-    # row is FBR's same-host control. GAP as EPS scores (the paper's appendix: TAP 75.0 against
-    # GAP 74.7 on PPC).
+    # binarisation, L_sal weight 5, class-against-background read-out, its own seed
+    # threshold), so that row is FBR's same-host control. GAP as EPS scores (the paper's
+    # appendix: TAP 75.0 against GAP 74.7 on PPC).
     eps_benchmark_preset(m.eps, run_config)
     m.pooling = "gap"
     # The contrast labels' thresholds on the normalised host map are the pseudo masks' band
