@@ -17,6 +17,7 @@ from wsss.methods.ktse_losses import (
     erase_images,
     erase_masks,
     global_alignment_loss,
+    global_probability_loss,
     inter_class_loss,
     knowledge_transfer_loss,
     local_alignment_loss,
@@ -276,6 +277,39 @@ def test_global_alignment_loss_value_labels_and_gradients():
     assert anchor.grad[0, 0, 0].tolist() == pytest.approx([0.25, 0.25])
     assert erased.grad[0, 0, 0].tolist() == pytest.approx([-0.25, -0.25])
     assert anchor.grad[0, 1].abs().sum() == 0 and erased.grad[0, 1].abs().sum() == 0
+
+
+def test_global_probability_loss_value_labels_and_saturation():
+    anchor = torch.tensor([[0.0, 3.0]], requires_grad=True)
+    erased = torch.tensor([[math.log(3.0), -3.0]], requires_grad=True)  # sigmoid 0.75
+    loss = global_probability_loss(anchor, erased, torch.tensor([[1.0, 0.0]]))
+    assert loss.item() == pytest.approx(0.25 / 2)  # (|0.5 - 0.75| + 0) / (B C = 2)
+    loss.backward()
+    assert anchor.grad[0].tolist() == pytest.approx([-0.25 * 0.5, 0.0])  # sigma'(0) / 2
+    assert erased.grad[0].tolist() == pytest.approx([0.75 * 0.25 * 0.5, 0.0])
+    # The pull on the erased image fades once both recognise the class (L1 of GAPs: constant).
+    pulls = []
+    for score in (1.0, 8.0):  # the erased image one logit below the anchor
+        low = torch.tensor([[score - 1.0]], requires_grad=True)
+        global_probability_loss(torch.tensor([[score]]), low, torch.ones(1, 1)).backward()
+        pulls.append(-low.grad.item())
+    assert pulls[0] == pytest.approx(0.25) and 0 < pulls[1] < 1e-3  # sigma'(0), sigma'(7)
+
+
+def test_mga_probability_space_detaches_the_anchor_logits():
+    method = KTSE(KTSEConfig(global_space="probability", global_detach_anchor=True))
+    net = KTSENet(TinyBackbone(), 3, score="gap")
+    batch = _batch()
+    out = net(batch["image"])
+    terms = method._mga(net, batch["image"], out, batch["labels"])
+    assert terms["global"] > 0
+    (grad,) = torch.autograd.grad(
+        terms["global"], out["logits"], retain_graph=True, allow_unused=True
+    )
+    assert grad is None  # only the erased image's score is pulled
+    assert torch.autograd.grad(terms["global"], net.fc9.weight)[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="gap or probability"):
+        KTSE(KTSEConfig(global_space="maps"))._mga(net, batch["image"], out, batch["labels"])
 
 
 def test_local_alignment_loss_value_keep_mask_and_gradients():

@@ -38,6 +38,7 @@ from wsss.methods.ktse_losses import (
     erase_images,
     erase_masks,
     global_alignment_loss,
+    global_probability_loss,
     inter_class_loss,
     knowledge_transfer_loss,
     local_alignment_loss,
@@ -146,6 +147,9 @@ class KTSEConfig:
     # anchor is not pulled down to the erased image's. In a short run the second direction
     # wins: +MGA alone lowered the seeds by 7 points (42.5 -> 35.4), recall on bodies 64 -> 44 %.
     global_detach_anchor: bool = False
+    # What Eq. 8 aligns: "gap" = the pooled ReLU'd maps [C]; "probability" = the sigmoid of the
+    # class scores (beyond the authors, ``global_probability_loss``).
+    global_space: str = "gap"
     local_margin: float = 0.05  # margin in ReLU(F_m - F_a - delta) [C]; the paper has none (0.0)
     # L_local only on positions not erased [C]; False = every position, Eq. 9 as printed [P].
     local_keep_only: bool = True
@@ -218,7 +222,7 @@ class KTSE(Method):
             pseudo = self._pseudo(image, cams.detach(), labels)
             auxiliary.update(self._ssr(cams_all, pseudo, labels, size))
         if cfg.use_mga:
-            auxiliary.update(self._mga(model, image, cams, labels))
+            auxiliary.update(self._mga(model, image, out, labels))
         if cfg.use_sie:
             auxiliary.update(self._sie(model, image, cams, labels, pseudo))
         terms.update({k: weight * v for k, v in auxiliary.items()})
@@ -262,21 +266,31 @@ class KTSE(Method):
         }
 
     def _mga(
-        self, model: nn.Module, image: torch.Tensor, cams: torch.Tensor, labels: torch.Tensor
+        self, model: nn.Module, image: torch.Tensor, out: dict, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Erase the discriminative region, align globally (Eq. 8) and locally (Eq. 9)."""
+        """Erase the discriminative region, align globally (Eq. 8) and locally (Eq. 9).
+
+        out: the anchor's forward pass ("cams" [B, C, h, w], "logits" [B, C])."""
         cfg = self.config
+        cams = out["cams"]
         keep_image, keep_feature = erase_masks(
             cams.detach(), labels, image.shape[-2:], cfg.erase_threshold, cfg.train_norm
         )
         erased = erase_images(image, keep_image, _unwrap(model).normalize.mean)
-        cams_m = model(erased, with_logits=False)["cams"]
+        if cfg.global_space not in ("gap", "probability"):
+            raise ValueError(f"global_space must be gap or probability, got {cfg.global_space!r}")
+        by_probability = cfg.global_space == "probability"
+        out_m = model(erased, with_logits=by_probability)
+        cams_m = out_m["cams"]
+        anchor_side, erased_side = (
+            (out["logits"], out_m["logits"]) if by_probability else (cams, cams_m)
+        )
+        if cfg.global_detach_anchor:
+            anchor_side = anchor_side.detach()
+        align = global_probability_loss if by_probability else global_alignment_loss
         keep = keep_feature if cfg.local_keep_only else None
         return {
-            "global": cfg.w_global
-            * global_alignment_loss(
-                cams.detach() if cfg.global_detach_anchor else cams, cams_m, labels
-            ),
+            "global": cfg.w_global * align(anchor_side, erased_side, labels),
             "local": cfg.w_local
             * local_alignment_loss(cams_m, cams, labels, keep, cfg.local_margin),
         }

@@ -292,6 +292,20 @@ def global_alignment_loss(
     return F.l1_loss(ga, gm)
 
 
+def global_probability_loss(
+    anchor_logits: torch.Tensor, erased_logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 8 on class probabilities: mean_{B,C} | sigmoid(s_a) y - sigmoid(s_m) y |.
+
+    anchor_logits, erased_logits [B, C] class scores (the ones L_cls sees); labels [B, C].
+    Beyond the authors: it asks the erased image to keep the anchor's *recognition* of each
+    present class, and stops pulling once both are confident, where the L1 between pooled maps
+    keeps raising every positive position of the erased map for as long as its pooled
+    activation is below the anchor's.
+    """
+    return F.l1_loss(torch.sigmoid(anchor_logits) * labels, torch.sigmoid(erased_logits) * labels)
+
+
 def local_alignment_loss(
     erased: torch.Tensor,
     anchor: torch.Tensor,
