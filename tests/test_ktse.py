@@ -309,7 +309,7 @@ def test_mga_probability_space_detaches_the_anchor_logits():
     assert grad is None  # only the erased image's score is pulled
     assert torch.autograd.grad(terms["global"], net.fc9.weight)[0].abs().sum() > 0
     with pytest.raises(ValueError, match="gap or probability"):
-        KTSE(KTSEConfig(global_space="maps"))._mga(net, batch["image"], out, batch["labels"])
+        KTSE(KTSEConfig(global_space="maps"))  # refused when built, not at the hand-over
 
 
 def test_local_alignment_loss_value_keep_mask_and_gradients():

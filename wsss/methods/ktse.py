@@ -185,6 +185,10 @@ class KTSE(Method):
 
     def __init__(self, config):
         super().__init__(config)
+        if config.global_space not in ("gap", "probability"):
+            raise ValueError(
+                f"global_space must be gap or probability, got {config.global_space!r}"
+            )
         self.gate = HandOverGate()  # opens when SSR, SIE and MGA start
 
     def auxiliary_weight(self, info: StepInfo, cams: torch.Tensor, labels: torch.Tensor) -> float:
@@ -277,8 +281,6 @@ class KTSE(Method):
             cams.detach(), labels, image.shape[-2:], cfg.erase_threshold, cfg.train_norm
         )
         erased = erase_images(image, keep_image, _unwrap(model).normalize.mean)
-        if cfg.global_space not in ("gap", "probability"):
-            raise ValueError(f"global_space must be gap or probability, got {cfg.global_space!r}")
         by_probability = cfg.global_space == "probability"
         out_m = model(erased, with_logits=by_probability)
         cams_m = out_m["cams"]
