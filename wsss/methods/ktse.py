@@ -55,6 +55,8 @@ from wsss.models.backbones.resnet38d import ResNet38d
 from wsss.refine.par import PARParams
 
 LOSS_NAMES = ("cls", "kt", "ce_bg", "ce_fg", "inter", "ce_stack", "global", "local")
+# Eq. 8's loss per ``KTSEConfig.global_space``: what it aligns, pooled maps or class scores.
+GLOBAL_ALIGNMENTS = {"gap": global_alignment_loss, "probability": global_probability_loss}
 
 
 @dataclass
@@ -185,7 +187,7 @@ class KTSE(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        if config.global_space not in ("gap", "probability"):
+        if config.global_space not in GLOBAL_ALIGNMENTS:
             raise ValueError(
                 f"global_space must be gap or probability, got {config.global_space!r}"
             )
@@ -289,10 +291,10 @@ class KTSE(Method):
         )
         if cfg.global_detach_anchor:
             anchor_side = anchor_side.detach()
-        align = global_probability_loss if by_probability else global_alignment_loss
         keep = keep_feature if cfg.local_keep_only else None
         return {
-            "global": cfg.w_global * align(anchor_side, erased_side, labels),
+            "global": cfg.w_global
+            * GLOBAL_ALIGNMENTS[cfg.global_space](anchor_side, erased_side, labels),
             "local": cfg.w_local
             * local_alignment_loss(cams_m, cams, labels, keep, cfg.local_margin),
         }
