@@ -181,3 +181,20 @@ def test_torchrun_two_processes(tmp_path, cache_dir):
     assert (out / "classifier.pt").exists()
     n_train = len(list((out / "cams").glob("*.npz")))
     assert n_train > 0
+
+
+def test_load_context_reads_the_method_section_back(tmp_path, cache_dir):
+    """A run's config.json gives back the method's own dataclass (KTSE checks its fields when
+    built), so the probes that reopen a run see the constants it was trained with."""
+    from wsss.cli import build_config, build_parser
+    from wsss.config import to_dict
+    from wsss.io import atomic_write_json
+    from wsss.methods.ktse import KTSEConfig
+    from wsss.pipeline import load_context
+
+    args = ["ktse", "--preset", "smoke", "--set", "method.global_space=probability"]
+    cfg = build_config(build_parser().parse_args([*args, "--set", "method.erase_threshold=0.8"]))
+    atomic_write_json(to_dict(cfg), tmp_path / "config.json")
+    method_config = load_context(tmp_path).method.config
+    assert isinstance(method_config, KTSEConfig)
+    assert (method_config.global_space, method_config.erase_threshold) == ("probability", 0.8)

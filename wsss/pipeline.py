@@ -82,8 +82,12 @@ def make_context(cfg: RunConfig, out: Path) -> Context:
 
 
 def load_context(out: Path) -> Context:
-    """The context of an existing run directory, from its ``config.json``."""
-    return make_context(from_dict(RunConfig, json.loads((out / "config.json").read_text())), out)
+    """The context of an existing run directory, from its ``config.json`` (the ``method``
+    section read back into the method's own dataclass)."""
+    data = json.loads((out / "config.json").read_text())
+    cfg = from_dict(RunConfig, data)
+    cfg.method = from_dict(get_method(cfg.method_name).Config, data.get("method") or {})
+    return make_context(cfg, out)
 
 
 def _record_time(out: Path, stage: str, seconds: float) -> dict:
