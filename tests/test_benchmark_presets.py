@@ -17,6 +17,9 @@ def test_benchmark_presets_adapt_each_method(preset):
     assert (ktse.score, ktse.handover_cam_positive, ktse.ramp_fraction) == ("gap", 0.9, 0.5)
     assert ktse.global_detach_anchor and ktse.dead_class == "ignore"
     assert ktse.par_dilations == (1, 2, 3, 5, 10)  # (1..24) x 128 / 320
+    # MGA erases a part of the object, not the 16 x 16 blob; L_global on class probabilities
+    assert (ktse.erase_threshold, ktse.global_space) == (0.8, "probability")
+    assert (ktse.beta_h, ktse.beta_l) == (0.7, 0.5)  # SSR's band = the pseudo masks' band
     ecs = config("ecs", preset).method
     assert (ecs.pro_weight, ecs.infer_map, ecs.beta, ecs.head_dropout) == (0.0, "cam", 1.0, 0.0)
     assert ecs.dilations == (1, 2, 3)
@@ -64,6 +67,12 @@ def test_paper_preset_keeps_the_papers_constants():
     ktse = config("ktse", "paper").method
     assert ktse.score == "gpp" and ktse.handover_cam_positive == 0.0 and ktse.ramp_fraction == 0
     assert not ktse.global_detach_anchor and ktse.par_dilations == (1, 2, 4, 8, 12, 24)
+    assert (ktse.erase_threshold, ktse.global_space, ktse.beta_h, ktse.beta_l) == (
+        0.6,
+        "gap",
+        0.30,
+        0.15,
+    )
     ecs = config("ecs", "paper").method
     assert (ecs.pro_weight, ecs.infer_map, ecs.beta, ecs.dilations) == (
         1.0,
