@@ -25,6 +25,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def runs_without_classifier(runs: Sequence[Path]) -> list[str]:
+    """One-line errors for the run folders that hold no ``classifier.pt`` (the probes that
+    reopen a trained classifier check every folder before measuring any)."""
+    return [
+        f"error: {run}/classifier.pt not found (train the run's cls stage first)"
+        for run in runs
+        if not (run / "classifier.pt").is_file()
+    ]
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import torch

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsss.bench.common import runs_without_classifier
 from wsss.methods.ktse_losses import erase_images, erase_masks
 
 
@@ -127,13 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated erase thresholds on the normalised CAM (default 0.6,0.8,0.9)",
     )
     args = parser.parse_args(argv)
+    errors = runs_without_classifier(args.runs)
+    if errors:
+        print(errors[0], file=sys.stderr)
+        return 2
     for run in args.runs:
-        if not (run / "classifier.pt").is_file():
-            print(
-                f"error: {run}/classifier.pt not found (train the run's cls stage first)",
-                file=sys.stderr,
-            )
-            return 2
         for result in probe_run(run, args.thresholds):
             print(json.dumps(result))
     return 0

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.bench.common import runs_without_classifier
 from wsss.methods.ktse_losses import stack_pair
 
 
@@ -124,13 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (train/run.py --out)")
     parser.add_argument("--seed", type=int, default=0, help="partner sampling seed (default 0)")
     args = parser.parse_args(argv)
+    errors = runs_without_classifier(args.runs)
+    if errors:
+        print(errors[0], file=sys.stderr)
+        return 2
     for run in args.runs:
-        if not (run / "classifier.pt").is_file():
-            print(
-                f"error: {run}/classifier.pt not found (train the run's cls stage first)",
-                file=sys.stderr,
-            )
-            return 2
         print(json.dumps(probe_run(run, args.seed)))
     return 0
 
