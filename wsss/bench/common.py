@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,14 +27,21 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def runs_without_classifier(runs: Sequence[Path]) -> list[str]:
-    """One-line errors for the run folders that hold no ``classifier.pt`` (the probes that
-    reopen a trained classifier check every folder before measuring any)."""
-    return [
-        f"error: {run}/classifier.pt not found (train the run's cls stage first)"
-        for run in runs
-        if not (run / "classifier.pt").is_file()
-    ]
+def print_probe_results(runs: Sequence[Path], probe: Callable[[Path], list[dict]]) -> int:
+    """Run a probe that reopens each run's trained classifier and print its results, one JSON
+    object per line; exit status 2 with a one-line error, before measuring anything, when a run
+    folder holds no ``classifier.pt``."""
+    for run in runs:
+        if not (run / "classifier.pt").is_file():
+            print(
+                f"error: {run}/classifier.pt not found (train the run's cls stage first)",
+                file=sys.stderr,
+            )
+            return 2
+    for run in runs:
+        for result in probe(run):
+            print(json.dumps(result))
+    return 0
 
 
 def machine() -> dict:

@@ -16,7 +16,6 @@ prints one JSON object per run and threshold.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsss.bench.common import runs_without_classifier
+from wsss.bench.common import print_probe_results
 from wsss.methods.ktse_losses import erase_images, erase_masks
 
 
@@ -128,14 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated erase thresholds on the normalised CAM (default 0.6,0.8,0.9)",
     )
     args = parser.parse_args(argv)
-    errors = runs_without_classifier(args.runs)
-    if errors:
-        print(errors[0], file=sys.stderr)
-        return 2
-    for run in args.runs:
-        for result in probe_run(run, args.thresholds):
-            print(json.dumps(result))
-    return 0
+    return print_probe_results(args.runs, lambda run: probe_run(run, args.thresholds))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ to the seam, relative to the mean activation).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.bench.common import runs_without_classifier
+from wsss.bench.common import print_probe_results
 from wsss.methods.ktse_losses import stack_pair
 
 
@@ -125,13 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (train/run.py --out)")
     parser.add_argument("--seed", type=int, default=0, help="partner sampling seed (default 0)")
     args = parser.parse_args(argv)
-    errors = runs_without_classifier(args.runs)
-    if errors:
-        print(errors[0], file=sys.stderr)
-        return 2
-    for run in args.runs:
-        print(json.dumps(probe_run(run, args.seed)))
-    return 0
+    return print_probe_results(args.runs, lambda run: [probe_run(run, args.seed)])
 
 
 if __name__ == "__main__":
