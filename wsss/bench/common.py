@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark sections: the machine description and Markdown tables."""
+"""Helpers shared by the benchmark sections and probes: the machine description, Markdown tables
+and the probes' command-line loop."""
 
 from __future__ import annotations
 
