@@ -141,11 +141,11 @@ def read_checkpoint(path: str | Path, kind: str) -> dict:
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
     """(classification network in eval mode, checkpoint metadata) from ``classifier.pt``."""
-    from wsss.methods import get_method
+    from wsss.methods import get_method, method_config
 
     data = read_checkpoint(path, "classifier")
     method_cls = get_method(data["method"])
-    method_cfg = from_dict(method_cls.Config, data["config"].get("method") or {})
+    method_cfg = method_config(data["method"], data["config"].get("method"))
     backbone = make_backbone(from_dict(BackboneConfig, data["backbone"]), load_pretrained=False)
     model = method_cls(method_cfg).build_model(backbone, len(data["class_names"]) - 1)
     state = data.pop("state_dict")

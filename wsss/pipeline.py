@@ -21,7 +21,7 @@ from wsss.config import RunConfig, from_dict, to_dict
 from wsss.data import build_source
 from wsss.data.synthetic import SyntheticConfig
 from wsss.io import atomic_write_json
-from wsss.methods import get_method
+from wsss.methods import get_method, method_config
 from wsss.stages import affinity, cams, classify, evaluate, pseudo, segment
 from wsss.stages.context import Context
 
@@ -86,7 +86,7 @@ def load_context(out: Path) -> Context:
     section read back into the method's own dataclass)."""
     data = json.loads((out / "config.json").read_text())
     cfg = from_dict(RunConfig, data)
-    cfg.method = from_dict(get_method(cfg.method_name).Config, data.get("method") or {})
+    cfg.method = method_config(cfg.method_name, data.get("method"))
     return make_context(cfg, out)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from wsss.bench.common import print_probe_results
+from wsss.methods.ktse import KTSEConfig
 from wsss.methods.ktse_losses import erase_images, erase_masks
 
 
@@ -34,7 +35,7 @@ def erase_record(
     labels: torch.Tensor,
     mask: np.ndarray,
     threshold: float,
-    norm: str = "minmax",
+    norm: str = KTSEConfig.train_norm,
 ) -> dict[str, float]:
     """One image erased at ``threshold``: image [1, 3, H, W] RGB 0..255, labels [1, C] multi-hot,
     mask uint8 [H, W] (0 background, k class k, 255 ignore). Returns the share of object pixels
@@ -81,9 +82,10 @@ def probe_run(run: Path, thresholds: tuple[float, ...]) -> list[dict]:
     from wsss.data.loaders import image_to_tensor
     from wsss.pipeline import load_context
 
-    model, meta = load_classifier(run / "classifier.pt")
-    norm = ((meta.get("config") or {}).get("method") or {}).get("train_norm", "minmax")
+    model, _ = load_classifier(run / "classifier.pt")
     ctx = load_context(run)
+    # KTSE's training-time normalisation; a network trained without MGA is erased as KTSE's
+    norm = getattr(ctx.method.config, "train_norm", KTSEConfig.train_norm)
     samples = [ctx.source.load(i) for i in ctx.ids("train")]
     samples = [s for s in samples if s.mask is not None and s.labels.any()]
     if not samples:

@@ -5,6 +5,9 @@ Adding a method touches one new module and the ``METHODS`` table below.
 
 from __future__ import annotations
 
+from typing import Any
+
+from wsss.config import from_dict
 from wsss.methods.base import Method, StepInfo
 from wsss.methods.cam import CamBaseline
 from wsss.methods.cpn import CPN
@@ -37,4 +40,10 @@ def get_method(name: str) -> type[Method]:
         ) from None
 
 
-__all__ = ["METHODS", "Method", "StepInfo", "get_method", "UnknownMethodError"]
+def method_config(name: str, section: dict | None) -> Any:
+    """Method ``name``'s own config dataclass from a saved ``method`` section (config.json or a
+    checkpoint); missing fields take their defaults."""
+    return from_dict(get_method(name).Config, section or {})
+
+
+__all__ = ["METHODS", "Method", "StepInfo", "get_method", "method_config", "UnknownMethodError"]
