@@ -1,5 +1,6 @@
 import numpy as np
 
+from wsss.metrics import confusion_matrix
 from wsss.refine.crf import CRF_PRESETS, dense_crf, dense_crf_labels
 from wsss.refine.pseudo import pseudo_mask
 
@@ -49,3 +50,21 @@ def test_dense_crf_keeps_confident_probabilities():
     assert (out.argmax(0) == 0).all()
     labels = dense_crf_labels(image, np.zeros((32, 32), np.int64), 2, CRF_PRESETS["irn"])
     assert (labels == 0).all()
+
+
+def test_ignore_mask_scores_as_the_confident_foreground_mask():
+    """IRN's rule counts a pseudo mask's 255 as background, so the "CRF + ignore" masks score
+    exactly as the CRF mask thresholded at ``conf_fg`` (the README's reading of that column)."""
+    image, cam, keys = _scene()
+    truth = np.zeros((32, 32), np.uint8)
+    truth[10:22, 10:22] = 4
+    crf = CRF_PRESETS["irn"]
+    ignoring = pseudo_mask(
+        image, cam, keys, bg_threshold=0.5, crf=crf, ignore_uncertain=True, conf_fg=0.8, conf_bg=0.1
+    )
+    at_conf_fg = pseudo_mask(image, cam, keys, bg_threshold=0.8, crf=crf)
+    at_shared = pseudo_mask(image, cam, keys, bg_threshold=0.5, crf=crf)
+    assert (ignoring == 255).any()
+    scores = [confusion_matrix(truth, m, 5) for m in (ignoring, at_conf_fg, at_shared)]
+    np.testing.assert_array_equal(scores[0], scores[1])
+    assert not np.array_equal(scores[0], scores[2])
