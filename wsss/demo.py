@@ -49,14 +49,12 @@ PHOTO_NAMES = ("chelsea", "coffee", "motorcycle", "grace_hopper", "quokka")
 CAM_PHOTO = "chelsea"  # the real photo also sent to the trained network
 STEPS = 5
 # Minutes of a whole demo, (from an empty --run folder, with the run already trained), measured
-# on an idle 2-core CPU machine (AMD EPYC, torch 2.13 CPU; 2026-12-06): default 5.8 (training
-# stages cls 80 s, cam 30 s, pseudo 12 s, seg 208 s; export, serving and the 7 images 20 s) and
-# 0.3; smoke 0.35 and 0.33. With another training job sharing the two cores the same fresh
-# default demo took 31.6 min (cls 719 s, cam 935 s). Since the default preset trains the
-# classifier for 32 epochs (8 before), its cls stage takes 342 s (the 32-epoch quality run's cam
-# seed 0, same machine and configuration): 5.8 - 80 / 60 + 342 / 60 = 10.2 min from an empty
-# folder, derived from those stage times, not yet timed end to end.
-MEASURED_MINUTES = {"default": (10.2, 0.3), "smoke": (0.35, 0.33)}
+# on an idle 2-core CPU machine, torch 2.13 CPU. default: 14.6 from a fresh clone's empty folder
+# (Intel Xeon, 2026-12-07, `make demo` on a fresh clone, 32 classifier epochs: cls 478 s, cam 56 s,
+# pseudo 18 s, seg 303 s; export, serving and the 7 images 20 s) and 0.3 once trained (AMD EPYC,
+# 2026-12-06); smoke 0.35 and 0.33 (AMD EPYC, 2026-12-06). With another training job sharing
+# the two cores a fresh default demo took about 3x as long (8 classifier epochs then: 31.6 min).
+MEASURED_MINUTES = {"default": (14.6, 0.3), "smoke": (0.35, 0.33)}
 
 
 class Interrupted(Exception):
