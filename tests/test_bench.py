@@ -100,6 +100,7 @@ def test_quality_section_repeats_seeds_and_renders(tmp_path, cache_dir):
     text = quality.markdown(results)
     assert "± " in text and "pseudo: CRF: vs cam" in text and "upper bound (true masks)" in text
     fbr_row = next(line for line in text.splitlines() if line.startswith("| fbr "))
+    assert f"| {quality.PAPER_COLUMN} |" in text and "| +23.9 (72.2, PPC host) |" in fbr_row
     assert fbr_row.count("±") == 4 and fbr_row.rstrip(" |").split("| ")[-1] in (
         "ok",
         "**unhealthy** (seed 0)",
