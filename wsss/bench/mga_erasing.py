@@ -84,7 +84,7 @@ def probe_run(run: Path, thresholds: tuple[float, ...]) -> list[dict]:
 
     model, _ = load_classifier(run / "classifier.pt")
     ctx = load_context(run)
-    # KTSE's training-time normalisation; a network trained without MGA is erased as KTSE's
+    # The run's MGA normalisation; a run of another method is erased with KTSE's default.
     norm = getattr(ctx.method.config, "train_norm", KTSEConfig.train_norm)
     samples = [ctx.source.load(i) for i in ctx.ids("train")]
     samples = [s for s in samples if s.mask is not None and s.labels.any()]

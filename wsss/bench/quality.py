@@ -45,17 +45,31 @@ SEED0_KEYS = (
 )
 # Differences to the baseline reported with the spread: seeds and CRF pseudo masks.
 COMPARED = (("seed_miou", "seed"), ("pseudo_miou_crf", "pseudo: CRF"))
-# What each paper reports over the baseline, beside "seed: vs cam": seed mIoU on VOC 2012 train
-# over IRN's 48.3 (the issue's table; ../shared/specs/seed-<method>.md). FBR gives its seeds only
-# on a host (Table II: PPC-based 72.2, +1.7 over PPC itself); EPS's from its reproductions.
-PAPER_SEED_MARGINS = {
-    "ktse": "+18.7 (67.0)",
-    "fbr": "+23.9 (72.2, PPC host)",
-    "cpn": "+9.1 (57.4)",
-    "ecs": "+8.3 (56.6)",
-    "eps": "+21.4 to +23.1 (69.7-71.4)",
+# What each paper reports for its seeds, mIoU on VOC 2012 train (the issue's table;
+# ../shared/specs/seed-<method>.md), shown as the margin over IRN's beside "seed: vs cam". FBR
+# gives its seeds only on a host (Table II: PPC-based 72.2, +1.7 over PPC itself); EPS's range
+# is its reproductions'.
+IRN_SEED_MIOU = 48.3
+PAPER_SEEDS: dict[str, tuple[tuple[float, ...], str]] = {
+    "ktse": ((67.0,), ""),
+    "fbr": ((72.2,), "PPC host"),
+    "cpn": ((57.4,), ""),
+    "ecs": ((56.6,), ""),
+    "eps": ((69.7, 71.4), ""),
 }
 PAPER_COLUMN = "paper: seed vs IRN (VOC)"
+
+
+def paper_margin(name: str) -> str:
+    """``+18.7 (67.0)``: the paper's seed mIoU over IRN's, its own value(s) in brackets."""
+    if name not in PAPER_SEEDS:
+        return ""
+    seeds, host = PAPER_SEEDS[name]
+    margins = " to ".join(f"{v - IRN_SEED_MIOU:+.1f}" for v in seeds)
+    values = "-".join(f"{v:.1f}" for v in seeds)
+    return f"{margins} ({values}{', ' + host if host else ''})"
+
+
 DIAGNOSTICS = (
     ("fg_rate_on_context", "fg on co-occurring context"),
     ("fg_rate_on_plain_background", "fg on other background"),
@@ -272,7 +286,7 @@ def markdown(results: dict) -> str:
             _label(name, m),
             *(mean_std(m["summary"].get(key)) for key, _ in SEED_KEYS),
             *versus,
-            PAPER_SEED_MARGINS.get(name, ""),
+            paper_margin(name),
             *(fmt(m["seed0"].get(key)) for key, _ in SEED0_KEYS),
             _health_cell(m, n_seeds),
         ])  # fmt: skip
@@ -297,8 +311,8 @@ def markdown(results: dict) -> str:
         f'"vs {BASELINE}": difference of the means; *(within spread)* where it is not larger '
         "than the larger of the two standard deviations. "
         f'"{PAPER_COLUMN}": the margin its paper reports for the same quantity, seed mIoU on '
-        "VOC 2012 train over IRN's 48.3 (its own seeds in brackets; FBR on its PPC host, EPS as "
-        "reproduced). DeepLab columns: seed 0's pseudo masks."
+        f"VOC 2012 train over IRN's {IRN_SEED_MIOU} (its own seeds in brackets; FBR on its PPC "
+        "host, EPS as reproduced). DeepLab columns: seed 0's pseudo masks."
     )
     names = first["class_names"]
     for stage, title in (("seed", "Seed"), ("seg", "DeepLab")):
