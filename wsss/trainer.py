@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -27,6 +28,14 @@ log = logging.getLogger("wsss")
 LossFn = Callable[[nn.Module, dict, StepInfo], dict[str, torch.Tensor]]
 # Called on rank 0 after every epoch: (1-based epoch, mean loss terms of the epoch, the model).
 EpochHook = Callable[[int, dict[str, float], nn.Module], None]
+
+
+class Stateful(Protocol):
+    """Training state kept outside the model (a method's hand-over step), saved for a resume."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
@@ -74,6 +83,7 @@ def train(
     desc: str = "train",
     find_unused_parameters: bool = False,
     on_epoch_end: EpochHook | None = None,
+    extra_state: Stateful | None = None,
 ) -> dict[str, float]:
     """Trains ``model`` in place; returns the last epoch's mean loss terms.
 
@@ -82,6 +92,8 @@ def train(
     restarted run continues from the last finished epoch. max_step is the real number of
     optimiser steps (epochs x batches per epoch), so the poly schedule ends at zero.
     ``on_epoch_end`` runs on rank 0 after each epoch, before its state is saved.
+    ``extra_state`` (the method's own state, e.g. when its losses started) is saved and
+    restored with them, so a resumed run continues the schedules that count from it.
     """
     torch.manual_seed(seed)
     world = distributed.world_size()
@@ -108,6 +120,8 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
+        if extra_state is not None and "extra" in state:
+            extra_state.load_state_dict(state["extra"])
         log.info("%s: resuming after epoch %d from %s", desc, start_epoch, state_path)
     net = model
     if world > 1:
@@ -151,6 +165,7 @@ def train(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch + 1,
+                    "extra": extra_state.state_dict() if extra_state is not None else {},
                 },
                 state_path,
             )

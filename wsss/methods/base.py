@@ -10,12 +10,15 @@ computes its losses for one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from wsss.models.cam_net import CamNet
+
+if TYPE_CHECKING:
+    from wsss.methods.handover import HandOverGate
 
 
 @dataclass
@@ -39,6 +42,16 @@ class Method:
 
     def __init__(self, config):
         self.config = config
+        # KTSE's and CPN's hand-over (wsss.methods.handover): training state outside the network.
+        self.gate: HandOverGate | None = None
+
+    def state_dict(self) -> dict:
+        """The method's own training state, saved with the epoch checkpoint for a resume."""
+        return {"gate": self.gate.state_dict()} if self.gate is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.gate is not None and "gate" in state:
+            self.gate.load_state_dict(state["gate"])
 
     def build_model(self, backbone: nn.Module, num_classes: int) -> CamNet:
         """The classification network over ``num_classes`` foreground classes."""

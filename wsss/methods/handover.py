@@ -52,3 +52,10 @@ class HandOverGate:
                     return False
             self.opened_at = info.step
         return True
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue where it stopped (ramps count from it)."""
+        return {"opened_at": self.opened_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opened_at = state["opened_at"]

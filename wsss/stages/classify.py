@@ -122,6 +122,7 @@ def run(ctx: Context) -> dict:
         desc=f"cls[{ctx.method.name}]",
         find_unused_parameters=ctx.method.ddp_find_unused_parameters,
         on_epoch_end=monitor,
+        extra_state=ctx.method,
     )
     if distributed.is_main():
         save_checkpoint(ctx.path(OUTPUT), model.cpu(), "classifier", ctx.cfg, ctx.class_names)
