@@ -5,6 +5,7 @@ from torch.utils.data import TensorDataset
 
 from wsss.config import OptimConfig
 from wsss.methods import METHODS
+from wsss.methods.handover import HandOverGate
 from wsss.trainer import build_optimizer, poly_lr, train
 
 
@@ -74,8 +75,6 @@ def test_a_resumed_run_keeps_the_hand_over_step_of_its_ramp(tmp_path):
     The auxiliary term ramps from the gate's hand-over step, as KTSE's SSR/SIE/MGA do; without
     the gate in the epoch checkpoint the resumed run would restart the ramp at its first step.
     """
-    from wsss.methods.handover import HandOverGate
-
     torch.manual_seed(0)
     x = torch.randn(32, 2)
     data = Dict(x, x.sum(1, keepdim=True))
